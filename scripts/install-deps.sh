@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Installs the Debian packages husk's build and tests need. Idempotent: a
+# package that is already installed is not fetched again, so this is cheap to
+# call from every entry point (README commands, .ci/run).
+#
+# Usage: scripts/install-deps.sh GROUP...
+#   kernel    what kernel-config/build-kernel.sh needs (linux-source-6.12, toolchain)
+#   guest     what the static agent and the initramfs need
+#   testhost  QEMU and the pieces of the nested test host
+set -euo pipefail
+
+log() { printf 'install-deps: %s\n' "$*" >&2; }
+
+if [ "$(id -u)" -ne 0 ]; then
+    log "must run as root (apt-get install)"; exit 1
+fi
+
+declare -a want=()
+need_backports=0
+for group in "$@"; do
+    case "$group" in
+        kernel) want+=(linux-source-6.12 build-essential flex bison bc libelf-dev libssl-dev cpio kmod lz4 xz-utils) ;;
+        guest) want+=(cpio binutils) ;;
+        # qemu-system-x86 and qemu-utils must come from the same suite: the plain
+        # bookworm QEMU would replace the machine's backports qemu-utils.
+        testhost) want+=(qemu-system-x86 qemu-utils kmod cpio); need_backports=1 ;;
+        *) log "unknown group '$group'"; exit 2 ;;
+    esac
+done
+
+missing=()
+for pkg in $(printf '%s\n' "${want[@]}" | sort -u); do
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
+        missing+=("$pkg")
+    fi
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+export DEBIAN_FRONTEND=noninteractive
+if [ "$need_backports" = 1 ] && ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    log "adding Debian's bookworm-backports suite (QEMU 10)"
+    cat > /etc/apt/sources.list.d/husk-backports.sources <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+fi
+log "installing: ${missing[*]}"
+apt-get update -qq
+backports_pkgs=()
+plain_pkgs=()
+for pkg in "${missing[@]}"; do
+    case "$pkg" in
+        qemu-system-x86|qemu-utils) backports_pkgs+=("$pkg") ;;
+        *) plain_pkgs+=("$pkg") ;;
+    esac
+done
+if [ ${#plain_pkgs[@]} -gt 0 ]; then
+    apt-get install -y -qq --no-install-recommends "${plain_pkgs[@]}" >/dev/null
+fi
+if [ ${#backports_pkgs[@]} -gt 0 ]; then
+    apt-get install -y -qq --no-install-recommends -t bookworm-backports qemu-system-x86 qemu-utils >/dev/null
+fi
