@@ -1,0 +1,79 @@
+//! `husk-agent`: PID 1 inside every husk microVM.
+//!
+//! It mounts the guest's pseudo file systems, tells the host it is ready (a
+//! console line and the boot-timer write of the guest-signal register), then
+//! supervises: it reaps orphans and powers the VM off when asked (SIGTERM,
+//! SIGPWR, Ctrl-Alt-Del) or when something fatal happens. PID 1 must never
+//! exit — the kernel would panic — so every error path ends in `power_off`.
+
+mod cmdline;
+mod mounts;
+mod power;
+mod ready;
+mod supervise;
+
+use std::process::ExitCode;
+
+use husk_api::guest_signal::{STATUS_AGENT_FAILED, STATUS_AGENT_PANICKED, STATUS_OK};
+
+use crate::cmdline::{AgentOptions, ReadyAction};
+
+fn main() -> ExitCode {
+    // SAFETY: getpid has no preconditions.
+    if unsafe { libc::getpid() } != 1 {
+        eprintln!("husk-agent: must run as PID 1 (the microVM's /init); refusing to mount or power anything off");
+        return ExitCode::from(2);
+    }
+
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("husk-agent: panic: {info}");
+        power::power_off(STATUS_AGENT_PANICKED);
+    }));
+
+    // Signals must be blocked before anything could spawn a thread, so that
+    // every thread inherits the mask and only the supervisor loop sees them.
+    let signals = match supervise::Signals::block() {
+        Ok(signals) => signals,
+        Err(err) => fatal(&err),
+    };
+    if let Err(err) = run(&signals) {
+        fatal(&err);
+    }
+    unreachable!("the supervisor loop only ends by powering off");
+}
+
+fn run(signals: &supervise::Signals) -> Result<(), AgentError> {
+    power::route_ctrl_alt_del_to_init()?;
+    mounts::mount_all()?;
+    mounts::ensure_console_stdio()?;
+    let options = AgentOptions::from_proc_cmdline()?;
+
+    ready::announce();
+
+    if options.ready_action == ReadyAction::PowerOff {
+        power::power_off(STATUS_OK);
+    }
+    supervise::run(signals)
+}
+
+fn fatal(err: &AgentError) -> ! {
+    eprintln!("husk-agent: fatal: {err}");
+    power::power_off(STATUS_AGENT_FAILED)
+}
+
+/// Everything that can stop the agent from bringing the guest up.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("mounting {fstype} on {target}: {source}")]
+    Mount { fstype: &'static str, target: &'static str, source: std::io::Error },
+    #[error("creating {path}: {source}")]
+    CreatePath { path: &'static str, source: std::io::Error },
+    #[error("attaching stdio to /dev/console: {0}")]
+    Console(std::io::Error),
+    #[error("reading the kernel command line: {0}")]
+    Cmdline(std::io::Error),
+    #[error("bad kernel command line option {option:?}: {reason}")]
+    BadOption { option: String, reason: &'static str },
+    #[error("{what}: {source}")]
+    Signals { what: &'static str, source: std::io::Error },
+}
