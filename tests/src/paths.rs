@@ -1,0 +1,33 @@
+//! Where the project's built artifacts are published.
+
+use std::path::{Path, PathBuf};
+
+/// The repository root: `HUSK_REPO_DIR`, else the checkout this crate was
+/// built from.
+pub fn repo_dir() -> PathBuf {
+    match std::env::var_os("HUSK_REPO_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf(),
+    }
+}
+
+/// `target/husk`: the guest kernel, initramfs and test-host images.
+pub fn artifacts_dir() -> PathBuf {
+    repo_dir().join("target/husk")
+}
+
+/// A published artifact that must exist, with the command that makes it in
+/// the error; tests fail with this message rather than skipping.
+pub fn artifact(relative: &str) -> Result<PathBuf, String> {
+    let path = artifacts_dir().join(relative);
+    if path.is_file() {
+        return Ok(path);
+    }
+    let maker = match relative.split('/').next() {
+        Some("vmlinux" | "bzImage" | "kernel.config") => "kernel-config/build-kernel.sh",
+        Some("initramfs.cpio") => "images/build-initramfs.sh",
+        Some("testhost") => "tests/testhost/build-host-image.sh",
+        _ => "scripts/test.sh",
+    };
+    Err(format!("{} is missing: build it with `{maker}` (scripts/test.sh runs every step)", path.display()))
+}
