@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs what husk needs and builds everything a microVM boot needs:
+# the guest kernel (cached by config), the initramfs with the agent, the
+# nested test host's image, and the workspace's binaries.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+
+if ! command -v cargo >/dev/null; then
+    echo "build: cargo is not on PATH; husk builds with the machine's Rust toolchain" >&2
+    exit 1
+fi
+scripts/install-deps.sh kernel guest testhost
+kernel-config/build-kernel.sh
+images/build-initramfs.sh
+tests/testhost/build-host-image.sh
+cargo build --locked --workspace --all-targets
