@@ -34,8 +34,6 @@ done
 opts=trans=virtio,version=9p2000.L,msize=512000
 mkdir -p /host
 mount -t 9p -o "$opts,ro,cache=loose" hostroot /host || fail "mounting the host root (9p) failed"
-# cache=mmap: binaries built while the host is up are seen at once and can be executed.
-mount -t 9p -o "$opts,cache=mmap" work "/host$work" || fail "mounting $work (9p) failed"
 mount -t proc proc /host/proc
 mount -t sysfs sysfs /host/sys
 mount -t devtmpfs devtmpfs /host/dev
@@ -45,6 +43,11 @@ mount -t tmpfs -o mode=1777 tmpfs /host/dev/shm
 mount -t tmpfs -o mode=1777 tmpfs /host/tmp
 mount -t tmpfs -o mode=0755 tmpfs /host/run
 mount -t tmpfs -o mode=1777 tmpfs /host/var/tmp
+# The repository last, so that one under /tmp or /run is not hidden by the
+# tmpfs mounted there. cache=mmap: binaries built while the host is up are
+# seen at once and can be executed.
+mkdir -p "/host$work"
+mount -t 9p -o "$opts,cache=mmap" work "/host$work" || fail "mounting $work (9p) failed"
 
 ip link set lo up
 ip link set eth0 up
