@@ -55,6 +55,10 @@ enum Cmd {
         cmdline: String,
         #[arg(long, default_value_t = 240)]
         timeout: u64,
+        /// Boot this many times one after another and report medians; the
+        /// console is shown only for a single run.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        runs: u32,
     },
     /// Stop this checkout's nested test host.
     Down,
@@ -126,7 +130,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::from(output.report.shell_status().clamp(0, 255) as u8))
         }
-        Cmd::BootGuest { kernel, cmdline, timeout } => {
+        Cmd::BootGuest { kernel, cmdline, timeout, runs } => {
             let artifact = |name: &str| husk_tests::paths::artifact(name).map_err(anyhow::Error::msg);
             let request = qemu_microvm(
                 &artifact(&kernel)?,
@@ -136,17 +140,38 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             let host = TestHost::shared(&self_exe()?)?;
             eprintln!("husk-testhost: booting {kernel} + initramfs.cpio in the {:?} test host", host.mode());
-            let output = host.run_streaming(&request, &print_frame)?;
-            let Some(ready) = output.stdout_text().lines().find_map(ReadyLine::parse) else {
-                bail!("the guest never printed its ready line ({:?})", output.report);
-            };
-            let printk = ready.printk.map_or("?".to_owned(), |t| format!("{:.3} s", t.as_secs_f64()));
-            println!(
-                "guest ready: kernel start -> agent ready {printk} (printk clock), uptime {:.3} s; whole VMM run {:.1} s",
-                ready.uptime.as_secs_f64(),
-                output.elapsed.as_secs_f64()
-            );
-            Ok(ExitCode::from(output.report.shell_status().clamp(0, 255) as u8))
+            let mut samples = Vec::new();
+            for run in 1..=runs {
+                let show_console: &(dyn Fn(&Frame) + Sync) = if runs == 1 { &print_frame } else { &|_| {} };
+                let output = host.run_streaming(&request, show_console)?;
+                if !output.report.success() {
+                    bail!("run {run}: the VMM ended with {:?}\n{}", output.report, output.stderr_text());
+                }
+                let Some(ready) = output.stdout_text().lines().find_map(ReadyLine::parse) else {
+                    bail!("run {run}: the guest never printed its ready line ({:?})", output.report);
+                };
+                let printk = ready.printk.map_or(f64::NAN, |t| t.as_secs_f64());
+                let sample = [printk, ready.uptime.as_secs_f64(), output.elapsed.as_secs_f64()];
+                println!(
+                    "run {run}: kernel start -> agent ready {:.3} s (printk clock), uptime {:.3} s; whole VMM run {:.3} s",
+                    sample[0], sample[1], sample[2]
+                );
+                samples.push(sample);
+            }
+            if runs > 1 {
+                let median = |i: usize| {
+                    let mut column: Vec<f64> = samples.iter().map(|s| s[i]).collect();
+                    column.sort_by(f64::total_cmp);
+                    column[column.len() / 2]
+                };
+                println!(
+                    "median of {runs}: kernel start -> agent ready {:.3} s (printk clock), uptime {:.3} s; whole VMM run {:.3} s",
+                    median(0),
+                    median(1),
+                    median(2)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Down => {
             let was_running = testhost::shutdown_nested()?;
