@@ -5,3 +5,5 @@
 
 pub mod agent_console;
 pub mod guest_signal;
+pub mod vmm;
+pub mod vmm_exit;

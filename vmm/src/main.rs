@@ -1,0 +1,120 @@
+//! `husk-vmm`: one microVM per process, started the way Firecracker is.
+//!
+//! Exit statuses are husk_api::vmm_exit's: 0 when the guest ended itself, 1
+//! for a VMM error, 2 for a bad command line, 3 for a KVM failure, 100+s when
+//! the guest agent powered off with status s.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{mpsc, Arc, Mutex};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use husk_api::vmm::{FullVmConfig, LogLevel};
+use husk_api::vmm_exit;
+use husk_vmm::api_server::ApiServer;
+use husk_vmm::devices::serial::SerialOut;
+use husk_vmm::vm::VmOptions;
+use husk_vmm::vmm::{ApiChannel, Vmm};
+use vmm_sys_util::eventfd::EventFd;
+
+#[derive(Parser, Debug)]
+#[command(name = "husk-vmm", version, about = "husk's microVM monitor (Firecracker-compatible API)")]
+struct Args {
+    /// Path of the API's Unix socket.
+    #[arg(long, default_value = "/run/husk.socket", conflicts_with = "no_api")]
+    api_sock: PathBuf,
+    /// Boot from a Firecracker-format JSON configuration at once.
+    #[arg(long)]
+    config_file: Option<PathBuf>,
+    /// Serve no API (needs --config-file).
+    #[arg(long, requires = "config_file")]
+    no_api: bool,
+    /// The instance's ID, shown in logs and GET /.
+    #[arg(long, default_value = "anonymous-instance")]
+    id: String,
+    /// Log to this file or FIFO instead of stderr.
+    #[arg(long)]
+    log_path: Option<String>,
+    /// Log level: Error, Warning, Info, Debug, Trace or Off.
+    #[arg(long, default_value = "Warning")]
+    level: LogLevel,
+    /// Log the guest's boot time (InstanceStart to the agent's ready signal).
+    #[arg(long)]
+    boot_timer: bool,
+    /// Where the guest console goes: stdout, off, or a file or FIFO path.
+    #[arg(long, default_value = "stdout")]
+    serial_out: SerialOut,
+    /// Back guest memory with a memfd instead of anonymous memory.
+    #[arg(long)]
+    memfd: bool,
+    /// Do not ask for transparent huge pages on guest memory.
+    #[arg(long)]
+    no_thp: bool,
+}
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(err) => {
+            let _ = err.print();
+            return ExitCode::from(if err.use_stderr() { vmm_exit::USAGE } else { 0 });
+        }
+    };
+    match run(args) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            tracing::error!("{err:#}");
+            eprintln!("husk-vmm: error: {err:#}");
+            ExitCode::from(vmm_exit::VMM_ERROR)
+        }
+    }
+}
+
+fn run(args: Args) -> Result<u8> {
+    husk_vmm::logger::init(&args.id, args.log_path.as_deref(), args.level).context("setting up the log")?;
+    let options = VmOptions {
+        boot_timer: args.boot_timer,
+        serial_out: args.serial_out,
+        memfd: args.memfd,
+        transparent_huge_pages: !args.no_thp,
+    };
+
+    let api = if args.no_api {
+        None
+    } else {
+        let server = ApiServer::bind(&args.api_sock).context("binding the API socket")?;
+        let (to_vmm, requests) = mpsc::channel();
+        let (responses, from_vmm) = mpsc::channel();
+        let wake = EventFd::new(libc::EFD_NONBLOCK).context("creating the API eventfd")?;
+        server.spawn(to_vmm, wake.try_clone().context("cloning the API eventfd")?, from_vmm)?;
+        Some(ApiChannel { requests, responses, wake })
+    };
+
+    let vmm = Arc::new(Mutex::new(Vmm::new(args.id.clone(), options, api).context("creating the VMM")?));
+    if let Some(path) = &args.config_file {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let config: FullVmConfig =
+            serde_json::from_str(&text).with_context(|| format!("parsing the configuration {}", path.display()))?;
+        if let Err(err) = vmm.lock().expect("vmm lock").boot_from_config(config) {
+            bail!("booting from {}: {err}", path.display());
+        }
+    }
+
+    let mut events = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
+        .map_err(|e| anyhow::anyhow!("creating the event loop: {e:?}"))?;
+    events.add_subscriber(vmm.clone());
+    loop {
+        events.run().map_err(|e| anyhow::anyhow!("event loop: {e:?}"))?;
+        if let Some(code) = vmm.lock().expect("vmm lock").exit_code() {
+            husk_vmm::metrics::flush_if_configured();
+            if !args.no_api {
+                let _ = std::fs::remove_file(&args.api_sock);
+            }
+            // vCPU threads may still be inside KVM_RUN: ending the process
+            // ends them with it.
+            std::process::exit(i32::from(code));
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! `api/openapi.yaml` against the implementation: every route the API server
+//! serves is documented and every documented route is served, the documented
+//! responses are Firecracker's, and each definition describes exactly the
+//! JSON the corresponding Rust type of `husk_api::vmm` reads and writes
+//! (field names, required fields, enum spellings, limits).
+
+use std::collections::BTreeSet;
+
+use husk_api::vmm::{
+    ActionType, ApiError, BootSourceConfig, CpuTemplate, FullVmConfig, HugePages, InstanceActionInfo, InstanceInfo,
+    InstanceState, LogLevel, LoggerConfig, MachineConfig, MachineConfigUpdate, MetricsConfig, Vm, VmState,
+    MAX_MEM_SIZE_MIB, MAX_VCPU_COUNT,
+};
+use husk_vmm::api_server::ROUTES;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{json, Value as Json};
+use serde_yaml::Value as Yaml;
+
+const HTTP_METHODS: &[&str] = &["get", "put", "post", "delete", "options", "head", "patch"];
+
+fn spec() -> Yaml {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../api/openapi.yaml");
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{path} is not valid YAML: {e}"))
+}
+
+fn mapping(value: &Yaml) -> &serde_yaml::Mapping {
+    value.as_mapping().unwrap_or_else(|| panic!("expected a mapping, found {value:?}"))
+}
+
+fn key_str(key: &Yaml) -> String {
+    match key {
+        Yaml::String(s) => s.clone(),
+        // Response codes are integer keys.
+        Yaml::Number(n) => n.to_string(),
+        other => panic!("unexpected key {other:?}"),
+    }
+}
+
+/// Every documented (METHOD, path) with its operation.
+fn operations(spec: &Yaml) -> Vec<(String, String, &Yaml)> {
+    let mut operations = Vec::new();
+    for (path, item) in mapping(&spec["paths"]) {
+        for (method, operation) in mapping(item) {
+            let method = key_str(method);
+            assert!(HTTP_METHODS.contains(&method.as_str()), "{path:?}: {method} is not an operation");
+            operations.push((method.to_uppercase(), key_str(path), operation));
+        }
+    }
+    operations
+}
+
+fn definition<'a>(spec: &'a Yaml, name: &str) -> &'a Yaml {
+    let definition = &spec["definitions"][name];
+    assert!(definition.is_mapping(), "definition {name} is missing");
+    definition
+}
+
+fn reference_target(schema: &Yaml) -> Option<&str> {
+    schema.get("$ref")?.as_str()?.strip_prefix("#/definitions/")
+}
+
+#[test]
+fn documented_routes_are_exactly_the_served_routes() {
+    let spec = spec();
+    assert_eq!(spec["swagger"].as_str(), Some("2.0"));
+    assert_eq!(spec["basePath"].as_str(), Some("/"));
+
+    let documented: BTreeSet<(String, String)> =
+        operations(&spec).into_iter().map(|(method, path, _)| (method, path)).collect();
+    let served: BTreeSet<(String, String)> =
+        ROUTES.iter().map(|&(method, path)| (method.to_string(), path.to_string())).collect();
+    assert_eq!(served.len(), ROUTES.len(), "ROUTES lists a route twice");
+
+    let undocumented: Vec<_> = served.difference(&documented).collect();
+    let unserved: Vec<_> = documented.difference(&served).collect();
+    assert!(undocumented.is_empty(), "served but not in api/openapi.yaml: {undocumented:?}");
+    assert!(unserved.is_empty(), "in api/openapi.yaml but not served: {unserved:?}");
+}
+
+#[test]
+fn every_reference_resolves_and_every_definition_is_used() {
+    fn collect<'a>(value: &'a Yaml, refs: &mut Vec<&'a str>) {
+        match value {
+            Yaml::Mapping(map) => {
+                for (key, value) in map {
+                    if key.as_str() == Some("$ref") {
+                        refs.push(value.as_str().expect("$ref is a string"));
+                    } else {
+                        collect(value, refs);
+                    }
+                }
+            }
+            Yaml::Sequence(items) => items.iter().for_each(|item| collect(item, refs)),
+            _ => {}
+        }
+    }
+    let spec = spec();
+    let mut refs = Vec::new();
+    collect(&spec, &mut refs);
+    let defined: BTreeSet<String> = mapping(&spec["definitions"]).keys().map(key_str).collect();
+    let mut used = BTreeSet::new();
+    for reference in refs {
+        let name = reference.strip_prefix("#/definitions/").unwrap_or_else(|| panic!("{reference} is not local"));
+        assert!(defined.contains(name), "{reference} does not resolve");
+        used.insert(name.to_string());
+    }
+    let unused: Vec<_> = defined.difference(&used).collect();
+    assert!(unused.is_empty(), "definitions nothing refers to: {unused:?}");
+}
+
+#[test]
+fn operations_document_firecrackers_responses() {
+    let spec = spec();
+    for (method, path, operation) in operations(&spec) {
+        let what = format!("{method} {path}");
+        assert!(operation["operationId"].is_string(), "{what}: no operationId");
+        let responses = mapping(&operation["responses"]);
+        let codes: BTreeSet<String> = responses.keys().map(key_str).collect();
+        let response =
+            |code: &str| &operation["responses"][&responses.keys().find(|k| key_str(k) == code).unwrap().clone()];
+        assert!(codes.contains("default"), "{what}: no default response");
+        assert_eq!(reference_target(&response("default")["schema"]), Some("Error"), "{what}: default is not an Error");
+        if method == "GET" {
+            assert_eq!(codes, BTreeSet::from(["200".to_string(), "default".to_string()]), "{what}");
+            assert!(reference_target(&response("200")["schema"]).is_some(), "{what}: 200 has no schema");
+            assert!(operation.get("parameters").is_none(), "{what}: a GET takes no body");
+        } else {
+            assert_eq!(codes, BTreeSet::from(["204".into(), "400".into(), "default".into()]), "{what}");
+            assert!(response("204").get("schema").is_none(), "{what}: 204 has no body");
+            assert_eq!(reference_target(&response("400")["schema"]), Some("Error"), "{what}");
+            let parameters = operation["parameters"].as_sequence().expect("a body parameter");
+            assert_eq!(parameters.len(), 1, "{what}");
+            assert_eq!(parameters[0]["in"].as_str(), Some("body"), "{what}");
+            assert_eq!(parameters[0]["required"].as_bool(), Some(true), "{what}: the body is required");
+            assert!(reference_target(&parameters[0]["schema"]).is_some(), "{what}");
+        }
+    }
+}
+
+/// The body schema (or 200 schema for GET) a route documents.
+fn route_schema(spec: &Yaml, method: &str, path: &str) -> String {
+    let operation = &spec["paths"][path][method.to_lowercase().as_str()];
+    let schema = if method == "GET" {
+        let responses = mapping(&operation["responses"]);
+        let ok = responses.iter().find(|(code, _)| key_str(code) == "200").unwrap().1;
+        &ok["schema"]
+    } else {
+        &operation["parameters"][0]["schema"]
+    };
+    reference_target(schema).unwrap().to_string()
+}
+
+#[test]
+fn routes_use_firecrackers_definitions() {
+    let spec = spec();
+    for (method, path, name) in [
+        ("GET", "/", "InstanceInfo"),
+        ("PUT", "/actions", "InstanceActionInfo"),
+        ("PUT", "/boot-source", "BootSource"),
+        ("PUT", "/logger", "Logger"),
+        ("GET", "/machine-config", "MachineConfiguration"),
+        ("PUT", "/machine-config", "MachineConfiguration"),
+        ("PATCH", "/machine-config", "PartialMachineConfiguration"),
+        ("PUT", "/metrics", "Metrics"),
+        ("PATCH", "/vm", "Vm"),
+        ("GET", "/vm/config", "FullVmConfiguration"),
+    ] {
+        assert_eq!(route_schema(&spec, method, path), name, "{method} {path}");
+    }
+}
+
+/// Checks that definition `name` describes `T`'s JSON: `sample` sets every
+/// field; its keys must be the definition's properties, it must round-trip
+/// through `T` unchanged, and removing a field must fail to parse exactly
+/// when the definition says the field is required.
+fn check_definition<T: Serialize + DeserializeOwned>(spec: &Yaml, name: &str, sample: Json) {
+    let definition = definition(spec, name);
+    let properties: BTreeSet<String> = mapping(&definition["properties"]).keys().map(key_str).collect();
+    let required: BTreeSet<String> =
+        definition.get("required").map(|r| r.as_sequence().unwrap().iter().map(key_str).collect()).unwrap_or_default();
+    assert!(required.is_subset(&properties), "{name}: required fields that are not properties");
+
+    let sample_keys: BTreeSet<String> = sample.as_object().unwrap().keys().cloned().collect();
+    assert_eq!(sample_keys, properties, "{name}: documented properties differ from the type's fields");
+    let parsed: T = serde_json::from_value(sample.clone()).unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert_eq!(serde_json::to_value(&parsed).unwrap(), sample, "{name}: does not round-trip");
+
+    for property in &properties {
+        let mut without = sample.clone();
+        without.as_object_mut().unwrap().remove(property);
+        let parses = serde_json::from_value::<T>(without).is_ok();
+        assert_eq!(parses, !required.contains(property), "{name}.{property}: required is documented wrongly");
+    }
+}
+
+#[test]
+fn definitions_describe_the_rust_types() {
+    let spec = spec();
+    check_definition::<BootSourceConfig>(
+        &spec,
+        "BootSource",
+        json!({"kernel_image_path": "/vmlinux", "initrd_path": "/initrd", "boot_args": "console=ttyS0"}),
+    );
+    let machine = json!({
+        "vcpu_count": 2, "mem_size_mib": 256, "smt": true, "cpu_template": "None",
+        "track_dirty_pages": true, "huge_pages": "2M"
+    });
+    check_definition::<MachineConfig>(&spec, "MachineConfiguration", machine.clone());
+    check_definition::<MachineConfigUpdate>(&spec, "PartialMachineConfiguration", machine);
+    check_definition::<InstanceActionInfo>(&spec, "InstanceActionInfo", json!({"action_type": "InstanceStart"}));
+    check_definition::<Vm>(&spec, "Vm", json!({"state": "Paused"}));
+    check_definition::<LoggerConfig>(
+        &spec,
+        "Logger",
+        json!({"log_path": "/log", "level": "Debug", "show_level": true, "show_log_origin": false, "module": "husk"}),
+    );
+    check_definition::<MetricsConfig>(&spec, "Metrics", json!({"metrics_path": "/metrics"}));
+    check_definition::<InstanceInfo>(
+        &spec,
+        "InstanceInfo",
+        json!({"app_name": "husk", "id": "vm", "state": "Not started", "vmm_version": "0.1.0"}),
+    );
+    check_definition::<ApiError>(&spec, "Error", json!({"fault_message": "no"}));
+
+    // GET /vm/config writes every key, so a serialized value is the sample.
+    let full = FullVmConfig {
+        boot_source: Some(BootSourceConfig { kernel_image_path: "/k".into(), initrd_path: None, boot_args: None }),
+        machine_config: Some(MachineConfig::default()),
+        logger: Some(LoggerConfig {
+            log_path: "/l".into(),
+            level: None,
+            show_level: None,
+            show_log_origin: None,
+            module: None,
+        }),
+        metrics: Some(MetricsConfig { metrics_path: "/m".into() }),
+        ..FullVmConfig::default()
+    };
+    check_definition::<FullVmConfig>(&spec, "FullVmConfiguration", serde_json::to_value(&full).unwrap());
+}
+
+/// Checks that `values` documented for an enum are exactly `variants`'
+/// serializations, and that each parses back.
+fn check_enum<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(
+    what: &str,
+    schema: &Yaml,
+    variants: &[T],
+) {
+    let documented: BTreeSet<String> =
+        schema["enum"].as_sequence().unwrap_or_else(|| panic!("{what}: no enum")).iter().map(key_str).collect();
+    let serialized: BTreeSet<String> =
+        variants.iter().map(|v| serde_json::to_value(v).unwrap().as_str().unwrap().to_string()).collect();
+    assert_eq!(documented, serialized, "{what}");
+    for value in &documented {
+        serde_json::from_value::<T>(Json::String(value.clone())).unwrap_or_else(|e| panic!("{what}: {value}: {e}"));
+    }
+}
+
+#[test]
+fn enums_are_spelt_as_the_rust_types_spell_them() {
+    let spec = spec();
+    use CpuTemplate::*;
+    check_enum("CpuTemplate", definition(&spec, "CpuTemplate"), &[C3, T2, T2S, T2CL, T2A, V1N1, CpuTemplate::None]);
+    for name in ["MachineConfiguration", "PartialMachineConfiguration"] {
+        check_enum(
+            &format!("{name}.huge_pages"),
+            &definition(&spec, name)["properties"]["huge_pages"],
+            &[HugePages::None, HugePages::Hugetlbfs2M],
+        );
+        assert_eq!(reference_target(&definition(&spec, name)["properties"]["cpu_template"]), Some("CpuTemplate"));
+    }
+    check_enum(
+        "InstanceActionInfo.action_type",
+        &definition(&spec, "InstanceActionInfo")["properties"]["action_type"],
+        &[ActionType::InstanceStart, ActionType::SendCtrlAltDel, ActionType::FlushMetrics],
+    );
+    check_enum("Vm.state", &definition(&spec, "Vm")["properties"]["state"], &[VmState::Paused, VmState::Resumed]);
+    check_enum(
+        "InstanceInfo.state",
+        &definition(&spec, "InstanceInfo")["properties"]["state"],
+        &[InstanceState::NotStarted, InstanceState::Running, InstanceState::Paused],
+    );
+    check_enum(
+        "Logger.level",
+        &definition(&spec, "Logger")["properties"]["level"],
+        &[LogLevel::Error, LogLevel::Warning, LogLevel::Info, LogLevel::Debug, LogLevel::Trace, LogLevel::Off],
+    );
+}
+
+#[test]
+fn documented_limits_are_the_validated_limits() {
+    let spec = spec();
+    for name in ["MachineConfiguration", "PartialMachineConfiguration"] {
+        let properties = &definition(&spec, name)["properties"];
+        assert_eq!(properties["vcpu_count"]["minimum"].as_u64(), Some(1), "{name}");
+        assert_eq!(properties["vcpu_count"]["maximum"].as_u64(), Some(u64::from(MAX_VCPU_COUNT)), "{name}");
+        assert_eq!(properties["mem_size_mib"]["minimum"].as_u64(), Some(1), "{name}");
+        assert_eq!(properties["mem_size_mib"]["maximum"].as_u64(), Some(MAX_MEM_SIZE_MIB as u64), "{name}");
+    }
+    let at = |vcpu_count, mem_size_mib| MachineConfig { vcpu_count, mem_size_mib, ..MachineConfig::default() };
+    assert!(at(MAX_VCPU_COUNT, MAX_MEM_SIZE_MIB).validate().is_ok());
+    assert!(at(MAX_VCPU_COUNT + 1, 1).validate().is_err());
+    assert!(at(1, MAX_MEM_SIZE_MIB + 1).validate().is_err());
+}
