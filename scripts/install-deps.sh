@@ -23,7 +23,7 @@ for group in "$@"; do
         guest) want+=(cpio binutils) ;;
         # qemu-system-x86 and qemu-utils must come from the same suite: the plain
         # bookworm QEMU would replace the machine's backports qemu-utils.
-        testhost) want+=(qemu-system-x86 qemu-utils kmod cpio); need_backports=1 ;;
+        testhost) want+=(qemu-system-x86 qemu-utils kmod cpio curl); need_backports=1 ;;
         *) log "unknown group '$group'"; exit 2 ;;
     esac
 done

@@ -2,13 +2,14 @@
 //! the ready line. Tests, benchmarks and the VMM's logs parse it, so its
 //! format is defined once here.
 //!
-//! `husk-agent: ready uptime=<seconds>s printk=<seconds>s`
+//! `husk-agent: ready uptime=<seconds>s printk=<seconds>s cpus=<n>`
 //!
 //! - `uptime` is the guest kernel's `CLOCK_BOOTTIME` (the clock behind
 //!   `/proc/uptime`) when the agent finished its setup;
 //! - `printk` is the kernel-log timestamp of the agent's own "ready" record
 //!   in `/dev/kmsg`: the time since the kernel started on the clock its boot
-//!   messages carry. It is omitted when the kernel log cannot be read.
+//!   messages carry. It is omitted when the kernel log cannot be read;
+//! - `cpus` is the number of CPUs online in the guest.
 //!
 //! Both are seconds with microsecond precision. The two clocks differ: boot
 //! time starts when timekeeping is initialised, the printk clock earlier.
@@ -26,6 +27,7 @@ pub const READY_KMSG_TEXT: &str = "husk-agent: ready";
 pub struct ReadyLine {
     pub uptime: Duration,
     pub printk: Option<Duration>,
+    pub cpus: Option<u32>,
 }
 
 impl ReadyLine {
@@ -36,6 +38,9 @@ impl ReadyLine {
             line.push_str(" printk=");
             line.push_str(&seconds(printk));
         }
+        if let Some(cpus) = self.cpus {
+            line.push_str(&format!(" cpus={cpus}"));
+        }
         line
     }
 
@@ -45,11 +50,15 @@ impl ReadyLine {
         let start = line.find(READY_LINE_PREFIX)? + READY_LINE_PREFIX.len();
         let mut fields = line[start..].trim_end().split(' ');
         let uptime = parse_seconds(fields.next()?)?;
-        let printk = match fields.next() {
-            Some(field) => Some(parse_seconds(field.strip_prefix("printk=")?)?),
-            None => None,
-        };
-        Some(Self { uptime, printk })
+        let (mut printk, mut cpus) = (None, None);
+        for field in fields {
+            match field.split_once('=')? {
+                ("printk", value) if printk.is_none() => printk = Some(parse_seconds(value)?),
+                ("cpus", value) if cpus.is_none() => cpus = Some(value.parse().ok()?),
+                _ => return None,
+            }
+        }
+        Some(Self { uptime, printk, cpus })
     }
 }
 
@@ -73,12 +82,15 @@ mod tests {
 
     #[test]
     fn format_then_parse_round_trips_to_the_microsecond() {
-        let ready =
-            ReadyLine { uptime: Duration::from_micros(12_345_678), printk: Some(Duration::from_micros(13_000_001)) };
+        let ready = ReadyLine {
+            uptime: Duration::from_micros(12_345_678),
+            printk: Some(Duration::from_micros(13_000_001)),
+            cpus: Some(2),
+        };
         let line = ready.format();
-        assert_eq!(line, "husk-agent: ready uptime=12.345678s printk=13.000001s");
+        assert_eq!(line, "husk-agent: ready uptime=12.345678s printk=13.000001s cpus=2");
         assert_eq!(ReadyLine::parse(&line), Some(ready));
-        let without = ReadyLine { printk: None, ..ready };
+        let without = ReadyLine { printk: None, cpus: None, ..ready };
         assert_eq!(without.format(), "husk-agent: ready uptime=12.345678s");
         assert_eq!(ReadyLine::parse(&without.format()), Some(without));
     }
@@ -100,6 +112,8 @@ mod tests {
             "husk-agent: ready uptime=1.500000",
             "husk-agent: ready uptime=1.500000s printk=2s",
             "husk-agent: ready uptime=1.500000s clock=2.000000s",
+            "husk-agent: ready uptime=1.500000s cpus=two",
+            "husk-agent: ready uptime=1.500000s cpus=1 cpus=2",
         ] {
             assert_eq!(ReadyLine::parse(line), None, "{line}");
         }

@@ -15,7 +15,10 @@ use crate::power;
 pub fn announce() {
     let uptime = uptime();
     let printk = log_ready_record().map_err(|err| eprintln!("husk-agent: warning: kernel log: {err}")).ok();
-    println!("{}", ReadyLine { uptime, printk }.format());
+    // SAFETY: sysconf has no preconditions.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    let cpus = u32::try_from(online).ok();
+    println!("{}", ReadyLine { uptime, printk, cpus }.format());
     power::signal_vmm(GuestSignal::BootComplete);
 }
 

@@ -31,3 +31,17 @@ pub fn artifact(relative: &str) -> Result<PathBuf, String> {
     };
     Err(format!("{} is missing: build it with `{maker}` (scripts/test.sh runs every step)", path.display()))
 }
+
+/// The husk-vmm binary the tests run: `HUSK_VMM_BIN`, else the workspace's
+/// debug build (scripts/build.sh builds it).
+pub fn husk_vmm() -> Result<PathBuf, String> {
+    let path = match std::env::var_os("HUSK_VMM_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => repo_dir().join("target/debug/husk-vmm"),
+    };
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!("{} is missing: build it with `cargo build -p husk-vmm` (or set HUSK_VMM_BIN)", path.display()))
+    }
+}

@@ -1,0 +1,47 @@
+#!/bin/sh
+# Boots a microVM with husk-vmm through its API socket, the way the
+# Firecracker getting-started guide does it with curl, and waits for the
+# VMM to exit; prints the VMM's console and log, exits with its status.
+#
+# Environment: VMM, KERNEL, INITRD, BOOT_ARGS, VCPUS, MEM_MIB, and
+# AFTER_READY: "wait" (let the guest power itself off) or "ctrl-alt-del"
+# (send SendCtrlAltDel once the agent's ready line is on the console).
+set -eu
+work=$(mktemp -d)
+sock=$work/api.sock
+out=$work/vmm.out
+trap 'kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+
+api() {
+    method=$1 path=$2 body=$3
+    curl --fail-with-body --silent --show-error --unix-socket "$sock" -X "$method" "http://localhost$path" \
+        -H 'Accept: application/json' -H 'Content-Type: application/json' -d "$body"
+}
+
+"$VMM" --api-sock "$sock" --boot-timer --level Info >"$out" 2>&1 &
+pid=$!
+i=0
+until [ -S "$sock" ]; do
+    i=$((i + 1)); [ "$i" -lt 600 ] || { echo "vmm-api-boot: no API socket after 30 s"; cat "$out"; exit 90; }
+    sleep 0.05
+done
+
+api PUT /boot-source "{\"kernel_image_path\": \"$KERNEL\", \"initrd_path\": \"$INITRD\", \"boot_args\": \"$BOOT_ARGS\"}"
+api PUT /machine-config "{\"vcpu_count\": ${VCPUS:-1}, \"mem_size_mib\": ${MEM_MIB:-256}}"
+api PUT /actions '{"action_type": "InstanceStart"}'
+
+if [ "${AFTER_READY:-wait}" = ctrl-alt-del ]; then
+    i=0
+    until grep -q 'husk-agent: ready' "$out"; do
+        i=$((i + 1)); [ "$i" -lt 3000 ] || { echo "vmm-api-boot: no ready line after 300 s"; cat "$out"; exit 91; }
+        sleep 0.1
+    done
+    api PUT /actions '{"action_type": "SendCtrlAltDel"}'
+fi
+
+set +e
+wait "$pid"
+status=$?
+set -e
+cat "$out"
+exit "$status"
