@@ -4,8 +4,10 @@
 # VMM to exit; prints the VMM's console and log, exits with its status.
 #
 # Environment: VMM, KERNEL, INITRD, BOOT_ARGS, VCPUS, MEM_MIB, and
-# AFTER_READY: "wait" (let the guest power itself off) or "ctrl-alt-del"
-# (send SendCtrlAltDel once the agent's ready line is on the console).
+# AFTER_READY: "wait" (let the guest power itself off), "ctrl-alt-del"
+# (send SendCtrlAltDel once the agent's ready line is on the console) or
+# "rss" (as ctrl-alt-del, after printing the VMM's resident memory with the
+# guest idle: `rss_kib=<whole process> guest_rss_kib=<guest memory mapping>`).
 set -eu
 work=$(mktemp -d)
 sock=$work/api.sock
@@ -30,12 +32,23 @@ api PUT /boot-source "{\"kernel_image_path\": \"$KERNEL\", \"initrd_path\": \"$I
 api PUT /machine-config "{\"vcpu_count\": ${VCPUS:-1}, \"mem_size_mib\": ${MEM_MIB:-256}}"
 api PUT /actions '{"action_type": "InstanceStart"}'
 
-if [ "${AFTER_READY:-wait}" = ctrl-alt-del ]; then
+if [ "${AFTER_READY:-wait}" != wait ]; then
     i=0
     until grep -q 'husk-agent: ready' "$out"; do
         i=$((i + 1)); [ "$i" -lt 3000 ] || { echo "vmm-api-boot: no ready line after 300 s"; cat "$out"; exit 91; }
         sleep 0.1
     done
+    if [ "$AFTER_READY" = rss ]; then
+        # Let the guest settle into idle first.
+        sleep 2
+        guest_kib=$(( ${MEM_MIB:-256} * 1024 ))
+        awk -v size="$guest_kib" '
+            /^[0-9a-f]+-[0-9a-f]+ / { in_guest = 0 }
+            /^Size:/ { in_guest = ($2 == size) }
+            /^Rss:/ { total += $2; if (in_guest) guest += $2 }
+            END { printf "rss_kib=%d guest_rss_kib=%d\n", total, guest }
+        ' "/proc/$pid/smaps"
+    fi
     api PUT /actions '{"action_type": "SendCtrlAltDel"}'
 fi
 

@@ -7,6 +7,8 @@ mod common;
 
 use std::time::Duration;
 
+use std::process::Command;
+
 use common::*;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -119,4 +121,38 @@ fn a_guest_that_triple_faults_ends_the_vmm() {
     let output = run_config(&config, &[], TIMEOUT);
     assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
     assert!(String::from_utf8_lossy(&output.stderr).contains("TripleFault"), "{}", describe(&output));
+}
+
+#[test]
+fn thirty_two_vcpus_and_memfd_backed_memory_boot() {
+    require_kvm();
+    let dir = scratch("many-vcpus");
+    let code = Asm::new().print("32\n").i8042_reset().spin();
+    let config = write_guest(&dir, &elf(&code.code, false), 32);
+    let output = run_config(&config, &["--memfd"], TIMEOUT);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "32\n");
+}
+
+#[test]
+fn a_missing_or_malformed_config_file_is_a_vmm_error_not_a_crash() {
+    require_kvm();
+    let dir = scratch("bad-config");
+    let missing = dir.join("absent.json");
+    let output = run_config(&missing, &[], TIMEOUT);
+    assert_eq!(output.status.code(), Some(husk_api::vmm_exit::VMM_ERROR.into()), "{}", describe(&output));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("absent.json"), "{}", describe(&output));
+
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, r#"{"boot-source": {"kernel_image_path": "/nonexistent/vmlinux"}}"#).unwrap();
+    let output = run_config(&bad, &[], TIMEOUT);
+    assert_eq!(output.status.code(), Some(husk_api::vmm_exit::VMM_ERROR.into()), "{}", describe(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("The kernel file cannot be opened"),
+        "{}",
+        describe(&output)
+    );
+
+    let output = Command::new(vmm_binary()).arg("--no-such-flag").output().unwrap();
+    assert_eq!(output.status.code(), Some(husk_api::vmm_exit::USAGE.into()));
 }

@@ -178,12 +178,27 @@ pub fn elf(code: &[u8], pvh: bool) -> Vec<u8> {
     out
 }
 
-/// A scratch directory for one test.
-pub fn scratch(name: &str) -> PathBuf {
+/// A scratch directory for one test, removed when dropped.
+pub struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn scratch(name: &str) -> Scratch {
     let dir = std::env::temp_dir().join(format!("husk-vmm-test-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    Scratch(dir)
 }
 
 /// Fails the test with a clear message when this machine has no /dev/kvm.
