@@ -166,8 +166,21 @@ pub fn start_vm(
     let mut vcpus = Vec::with_capacity(machine.vcpu_count as usize);
     for id in 0..machine.vcpu_count {
         let fd = vm.create_vcpu(u64::from(id)).map_err(kvm_err(format!("KVM_CREATE_VCPU {id}")))?;
-        fd.set_cpuid2(&vcpu_cpuid(&supported_cpuid, id, topology, extra))
-            .map_err(kvm_err(format!("vcpu{id}: KVM_SET_CPUID2")))?;
+        let cpuid = vcpu_cpuid(&supported_cpuid, id, topology, extra);
+        if tracing::enabled!(tracing::Level::TRACE) {
+            for e in cpuid.as_slice() {
+                tracing::trace!(
+                    "vcpu{id} cpuid {:#010x}.{}: eax={:#010x} ebx={:#010x} ecx={:#010x} edx={:#010x}",
+                    e.function,
+                    e.index,
+                    e.eax,
+                    e.ebx,
+                    e.ecx,
+                    e.edx
+                );
+            }
+        }
+        fd.set_cpuid2(&cpuid).map_err(kvm_err(format!("vcpu{id}: KVM_SET_CPUID2")))?;
         msr::setup_msrs(&fd)?;
         regs::setup_fpu(&fd)?;
         lapic::setup_lint(&fd).map_err(kvm_err(format!("vcpu{id}: LAPIC LINT0/LINT1")))?;

@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use husk_api::agent_console::ReadyLine;
 use husk_tests::protocol::{Frame, RunRequest};
-use husk_tests::reference_vmm::qemu_microvm;
+use husk_tests::reference_vmm::{husk_vmm, qemu_microvm};
 use husk_tests::testhost::{self, TestHost};
 
 #[derive(Parser)]
@@ -53,6 +53,10 @@ enum Cmd {
         /// Extra kernel command line (e.g. `loglevel=7` for the whole boot log).
         #[arg(long, default_value = "")]
         cmdline: String,
+        /// The VMM: husk (husk-vmm, the workspace's debug build unless
+        /// HUSK_VMM_BIN says otherwise) or qemu (QEMU's microvm, the reference).
+        #[arg(long, default_value = "husk", value_parser = ["husk", "qemu"])]
+        vmm: String,
         #[arg(long, default_value_t = 240)]
         timeout: u64,
         /// Boot this many times one after another and report medians; the
@@ -130,16 +134,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::from(output.report.shell_status().clamp(0, 255) as u8))
         }
-        Cmd::BootGuest { kernel, cmdline, timeout, runs } => {
+        Cmd::BootGuest { kernel, cmdline, vmm, timeout, runs } => {
             let artifact = |name: &str| husk_tests::paths::artifact(name).map_err(anyhow::Error::msg);
-            let request = qemu_microvm(
-                &artifact(&kernel)?,
-                &artifact("initramfs.cpio")?,
-                &format!("husk.ready_action=poweroff {cmdline}"),
-                timeout,
-            );
+            let (kernel_path, initrd) = (artifact(&kernel)?, artifact("initramfs.cpio")?);
+            let agent = format!("husk.ready_action=poweroff {cmdline}");
+            let mut config_file = None;
+            let request = if vmm == "qemu" {
+                qemu_microvm(&kernel_path, &initrd, &agent, timeout)
+            } else {
+                let binary = husk_tests::paths::husk_vmm().map_err(anyhow::Error::msg)?;
+                let scratch = husk_tests::paths::artifacts_dir().join("testhost/scratch");
+                std::fs::create_dir_all(&scratch)?;
+                let config = scratch.join(format!("boot-guest-{}.json", std::process::id()));
+                let request = husk_vmm(&binary, &config, &kernel_path, &initrd, &agent, timeout)?;
+                config_file = Some(config);
+                request
+            };
             let host = TestHost::shared(&self_exe()?)?;
-            eprintln!("husk-testhost: booting {kernel} + initramfs.cpio in the {:?} test host", host.mode());
+            eprintln!("husk-testhost: booting {kernel} + initramfs.cpio with {vmm} in the {:?} test host", host.mode());
             let mut samples = Vec::new();
             for run in 1..=runs {
                 let show_console: &(dyn Fn(&Frame) + Sync) = if runs == 1 { &print_frame } else { &|_| {} };
@@ -157,6 +169,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     sample[0], sample[1], sample[2]
                 );
                 samples.push(sample);
+            }
+            if let Some(config) = config_file {
+                let _ = std::fs::remove_file(config);
             }
             if runs > 1 {
                 let median = |i: usize| {
