@@ -289,7 +289,8 @@ impl ApiVmm {
             .args(extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            // A file, not a pipe nobody reads: the log can grow past a pipe's buffer.
+            .stderr(std::fs::File::create(dir.join("vmm.stderr")).expect("creating vmm.stderr"))
             .spawn()
             .expect("starting husk-vmm");
         let vmm = Self { child, socket };
@@ -304,18 +305,6 @@ impl ApiVmm {
     /// One HTTP request; returns the status code and the body.
     pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
         http(&self.socket, method, path, body)
-    }
-
-    /// Waits for the VMM to exit and returns its status code.
-    pub fn wait(&mut self, timeout: Duration) -> Option<i32> {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            assert!(std::time::Instant::now() < deadline, "husk-vmm did not exit within {timeout:?}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
     }
 }
 
