@@ -100,3 +100,25 @@ fn boots_from_a_firecracker_format_config_file() {
     assert_eq!(output.report.code, Some(0), "{}", describe(&output));
     assert_eq!(ready_line(&output).cpus, Some(1));
 }
+
+#[test]
+fn boots_a_bzimage_through_its_64_bit_entry() {
+    let vmm = paths::husk_vmm().unwrap_or_else(|e| panic!("{e}"));
+    let dir = paths::artifacts_dir().join("testhost/scratch");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join(format!("vm-bzimage-{}.json", std::process::id()));
+    let request = husk_tests::reference_vmm::husk_vmm(
+        &vmm,
+        &config,
+        &artifact("bzImage"),
+        &artifact("initramfs.cpio"),
+        "husk.ready_action=poweroff",
+        TIMEOUT_SECS,
+    )
+    .unwrap();
+    let output = test_host().run(&request).expect("running husk-vmm in the test host");
+    std::fs::remove_file(&config).unwrap();
+    assert_eq!(output.report.code, Some(0), "{}", describe(&output));
+    ready_line(&output);
+    assert!(output.stderr_text().contains("booting through the 64-bit entry"), "{}", describe(&output));
+}

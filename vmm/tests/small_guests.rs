@@ -156,3 +156,23 @@ fn a_missing_or_malformed_config_file_is_a_vmm_error_not_a_crash() {
     let output = Command::new(vmm_binary()).arg("--no-such-flag").output().unwrap();
     assert_eq!(output.status.code(), Some(husk_api::vmm_exit::USAGE.into()));
 }
+
+#[test]
+fn the_console_can_go_to_a_fifo() {
+    require_kvm();
+    let dir = scratch("fifo");
+    let fifo = dir.join("console.fifo");
+    let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid C string path; mkfifo creates the node or fails.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).unwrap())
+    };
+    let code = Asm::new().print("through the fifo\n").i8042_reset().spin();
+    let config = write_guest(&dir, &elf(&code.code, false), 1);
+    let output = run_config(&config, &["--serial-out", fifo.to_str().unwrap()], TIMEOUT);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    assert!(output.stdout.is_empty(), "the console went to the FIFO, not stdout");
+    assert_eq!(reader.join().unwrap(), b"through the fifo\n");
+}
