@@ -2,7 +2,7 @@
 //! report about itself (APIC ID, thread and core counts) and the hypervisor
 //! bit set.
 
-use kvm_bindings::{kvm_cpuid_entry2, CpuId};
+use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
 
 /// Features KVM emulates but leaves out of KVM_GET_SUPPORTED_CPUID, to be
 /// advertised when it reports the matching capability.
@@ -50,6 +50,26 @@ const EDX_HTT: u32 = 1 << 28;
 /// Returns vCPU `id`'s CPUID table, derived from KVM's supported `base`.
 pub fn vcpu_cpuid(base: &CpuId, id: u8, topology: Topology, extra: ExtraFeatures) -> CpuId {
     let mut cpuid = base.clone();
+    // KVM may list only the extended topology leaves' first sub-leaf (it
+    // does on AMD hosts); a guest walking them needs the SMT and core levels
+    // and a terminating invalid level.
+    for leaf in [LEAF_EXT_TOPOLOGY, LEAF_EXT_TOPOLOGY_V2] {
+        let present: Vec<u32> = cpuid.as_slice().iter().filter(|e| e.function == leaf).map(|e| e.index).collect();
+        if present.is_empty() {
+            continue;
+        }
+        for index in (0..=2).filter(|i| !present.contains(i)) {
+            let entry = kvm_cpuid_entry2 {
+                function: leaf,
+                index,
+                flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+                ..Default::default()
+            };
+            if cpuid.push(entry).is_err() {
+                tracing::warn!("no room to add CPUID leaf {leaf:#x} sub-leaf {index}");
+            }
+        }
+    }
     for entry in cpuid.as_mut_slice() {
         fix_entry(entry, id, topology, extra);
     }
@@ -169,6 +189,17 @@ mod tests {
         assert_eq!(l3.eax >> 26, 1, "two cores");
         assert_eq!((l3.eax >> 14) & 0xfff, 3, "L3 shared by all four");
         assert_eq!(find(&cpuid, LEAF_AMD_SIZE_IDS, 0).ecx & 0xff, 3);
+    }
+
+    #[test]
+    fn missing_topology_sub_leaves_are_added() {
+        let entries = [kvm_cpuid_entry2 { function: LEAF_EXT_TOPOLOGY, index: 0, ebx: 1, ..Default::default() }];
+        let cpuid =
+            vcpu_cpuid(&CpuId::from_entries(&entries).unwrap(), 1, Topology::new(2, false), ExtraFeatures::default());
+        let core = find(&cpuid, LEAF_EXT_TOPOLOGY, 1);
+        assert_eq!((core.eax, core.ebx, core.ecx, core.edx), (1, 2, (2 << 8) | 1, 1));
+        assert_eq!(find(&cpuid, LEAF_EXT_TOPOLOGY, 2).ecx, 2, "an invalid level ends the walk");
+        assert!(cpuid.as_slice().iter().all(|e| e.function != LEAF_EXT_TOPOLOGY_V2), "absent leaves stay absent");
     }
 
     #[test]
