@@ -3,6 +3,8 @@
 //! Dotted parameters are not handed to init as arguments or environment by
 //! the kernel, so the agent reads them from `/proc/cmdline`.
 
+use std::net::Ipv4Addr;
+
 use crate::AgentError;
 
 /// What the agent does once it has announced that it is ready.
@@ -15,10 +17,77 @@ pub enum ReadyAction {
     PowerOff,
 }
 
+/// `husk.mount=TAG:PATH[:ro]`: a virtio-fs share to mount before ready.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountRequest {
+    pub tag: String,
+    pub path: String,
+    pub read_only: bool,
+}
+
+/// `husk.net=ADDR/PREFIX[,gw=GATEWAY][,mac=MAC]`: eth0's IPv4 setup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetRequest {
+    pub address: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Option<Ipv4Addr>,
+    pub mac: Option<[u8; 6]>,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AgentOptions {
     /// `husk.ready_action=wait|poweroff`
     pub ready_action: ReadyAction,
+    /// `husk.mount=…`, repeatable.
+    pub mounts: Vec<MountRequest>,
+    /// `husk.net=…`
+    pub net: Option<NetRequest>,
+    /// `husk.run=PATH`: a program to run once ready; the VM powers off with
+    /// its exit status when it ends (tests and one-shot jobs).
+    pub run: Option<String>,
+}
+
+fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+fn parse_mount(value: &str) -> Option<MountRequest> {
+    let mut parts = value.split(':');
+    let tag = parts.next().filter(|t| !t.is_empty())?.to_owned();
+    let path = parts.next().filter(|p| p.starts_with('/'))?.to_owned();
+    let read_only = match parts.next() {
+        None => false,
+        Some("ro") => true,
+        Some(_) => return None,
+    };
+    parts.next().is_none().then_some(MountRequest { tag, path, read_only })
+}
+
+fn parse_net(value: &str) -> Option<NetRequest> {
+    let mut fields = value.split(',');
+    let (address, prefix) = fields.next()?.split_once('/')?;
+    let mut request =
+        NetRequest { address: address.parse().ok()?, prefix: prefix.parse().ok()?, gateway: None, mac: None };
+    if request.prefix > 32 {
+        return None;
+    }
+    for field in fields {
+        match field.split_once('=')? {
+            ("gw", gw) => request.gateway = Some(gw.parse().ok()?),
+            ("mac", mac) => request.mac = Some(parse_mac(mac)?),
+            _ => return None,
+        }
+    }
+    Some(request)
 }
 
 impl AgentOptions {
@@ -46,6 +115,17 @@ impl AgentOptions {
                         _ => return Err(bad("ready_action is wait or poweroff")),
                     }
                 }
+                "mount" => {
+                    options.mounts.push(parse_mount(value).ok_or_else(|| bad("mount is TAG:/PATH or TAG:/PATH:ro"))?)
+                }
+                "net" => {
+                    options.net =
+                        Some(parse_net(value).ok_or_else(|| {
+                            bad("net is ADDR/PREFIX with optional ,gw=ADDR and ,mac=aa:bb:cc:dd:ee:ff")
+                        })?)
+                }
+                "run" if value.starts_with('/') => options.run = Some(value.to_owned()),
+                "run" => return Err(bad("run takes an absolute path")),
                 _ => return Err(bad("unknown husk option")),
             }
         }
@@ -72,8 +152,42 @@ mod tests {
     }
 
     #[test]
+    fn reads_mounts_network_and_run() {
+        let options = AgentOptions::parse(
+            "husk.mount=rootfs:/run/rootfs:ro husk.mount=vol:/data husk.net=10.0.0.2/24,gw=10.0.0.1,mac=06:00:0a:00:00:02 \
+             husk.run=/test/check",
+        )
+        .unwrap();
+        assert_eq!(
+            options.mounts,
+            vec![
+                MountRequest { tag: "rootfs".into(), path: "/run/rootfs".into(), read_only: true },
+                MountRequest { tag: "vol".into(), path: "/data".into(), read_only: false },
+            ]
+        );
+        let net = options.net.unwrap();
+        assert_eq!((net.address, net.prefix), (Ipv4Addr::new(10, 0, 0, 2), 24));
+        assert_eq!(net.gateway, Some(Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(net.mac, Some([6, 0, 10, 0, 0, 2]));
+        assert_eq!(options.run.as_deref(), Some("/test/check"));
+    }
+
+    #[test]
     fn rejects_unknown_or_malformed_husk_options() {
-        for cmdline in ["husk.ready_action=reboot", "husk.readyaction=wait", "husk.ready_action"] {
+        for cmdline in [
+            "husk.ready_action=reboot",
+            "husk.readyaction=wait",
+            "husk.ready_action",
+            "husk.mount=tag",
+            "husk.mount=tag:relative",
+            "husk.mount=tag:/p:rw",
+            "husk.net=10.0.0.2",
+            "husk.net=10.0.0.2/33",
+            "husk.net=10.0.0.2/24,gw=nope",
+            "husk.net=10.0.0.2/24,mac=06:00:0a:00:00",
+            "husk.net=10.0.0.2/24,dns=1.1.1.1",
+            "husk.run=relative",
+        ] {
             let err = AgentOptions::parse(cmdline).unwrap_err();
             assert!(matches!(err, AgentError::BadOption { .. }), "{cmdline}: {err}");
             assert!(err.to_string().contains(cmdline), "error names the option: {err}");

@@ -6,8 +6,10 @@
 //! SIGPWR, Ctrl-Alt-Del) or when something fatal happens. PID 1 must never
 //! exit — the kernel would panic — so every error path ends in `power_off`.
 
+mod channel;
 mod cmdline;
 mod mounts;
+mod network;
 mod power;
 mod ready;
 mod supervise;
@@ -47,13 +49,28 @@ fn run(signals: &supervise::Signals) -> Result<(), AgentError> {
     mounts::mount_all()?;
     mounts::ensure_console_stdio()?;
     let options = AgentOptions::from_proc_cmdline()?;
+    for share in &options.mounts {
+        mounts::mount_virtiofs(share)?;
+    }
+    if let Some(net) = &options.net {
+        network::configure(net).map_err(AgentError::Network)?;
+    }
+    // A VM without a vsock device has no host channel; that is a
+    // configuration, not an error.
+    if let Err(err) = channel::start() {
+        eprintln!("husk-agent: no vsock channel to the host: {err}");
+    }
 
     ready::announce();
 
     if options.ready_action == ReadyAction::PowerOff {
         power::power_off(STATUS_OK);
     }
-    supervise::run(signals)
+    let watched = match &options.run {
+        Some(program) => Some(supervise::spawn(program)?),
+        None => None,
+    };
+    supervise::run(signals, watched)
 }
 
 fn fatal(err: &AgentError) -> ! {
@@ -70,6 +87,12 @@ pub enum AgentError {
     CreatePath { path: &'static str, source: std::io::Error },
     #[error("attaching stdio to /dev/console: {0}")]
     Console(std::io::Error),
+    #[error("mounting virtio-fs tag {tag} on {path}: {source}")]
+    MountShare { tag: String, path: String, source: std::io::Error },
+    #[error("configuring eth0: {0}")]
+    Network(std::io::Error),
+    #[error("starting {program}: {source}")]
+    Run { program: String, source: std::io::Error },
     #[error("reading the kernel command line: {0}")]
     Cmdline(std::io::Error),
     #[error("bad kernel command line option {option:?}: {reason}")]

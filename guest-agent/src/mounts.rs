@@ -111,3 +111,18 @@ pub fn ensure_console_stdio() -> Result<(), AgentError> {
     }
     Ok(())
 }
+
+/// Mounts the virtio-fs share `tag` on `path` (created if missing).
+pub fn mount_virtiofs(request: &crate::cmdline::MountRequest) -> Result<(), AgentError> {
+    let err = |source| AgentError::MountShare { tag: request.tag.clone(), path: request.path.clone(), source };
+    std::fs::DirBuilder::new().recursive(true).mode(0o755).create(&request.path).map_err(err)?;
+    let cstr = |s: &str| CString::new(s).map_err(|_| err(io::Error::from(io::ErrorKind::InvalidInput)));
+    let (tag, path, fstype) = (cstr(&request.tag)?, cstr(&request.path)?, cstr("virtiofs")?);
+    let flags = if request.read_only { libc::MS_RDONLY } else { 0 } | libc::MS_NODEV;
+    // SAFETY: every pointer is a valid NUL-terminated string that outlives the call.
+    let rc = unsafe { libc::mount(tag.as_ptr(), path.as_ptr(), fstype.as_ptr(), flags, std::ptr::null()) };
+    if rc != 0 {
+        return Err(err(io::Error::last_os_error()));
+    }
+    Ok(())
+}

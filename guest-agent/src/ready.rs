@@ -23,7 +23,7 @@ pub fn announce() {
 }
 
 /// The kernel's `CLOCK_BOOTTIME`: what `/proc/uptime` shows.
-fn uptime() -> Duration {
+pub fn uptime() -> Duration {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: ts is a valid timespec to write into.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };

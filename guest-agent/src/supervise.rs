@@ -35,9 +35,30 @@ impl Signals {
     }
 }
 
+/// Starts `program` (husk.run) with the agent's stdio and the signals it
+/// blocks unblocked again.
+pub fn spawn(program: &str) -> Result<libc::pid_t, AgentError> {
+    use std::os::unix::process::CommandExt;
+    let mut command = std::process::Command::new(program);
+    command.env_clear().env("PATH", "/bin:/sbin:/usr/bin:/usr/sbin").env("HOME", "/");
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    let child = command.spawn().map_err(|source| AgentError::Run { program: program.to_owned(), source })?;
+    Ok(child.id() as libc::pid_t)
+}
+
 /// Waits for signals forever. Orphans re-parented to PID 1 are reaped;
-/// SIGTERM, SIGPWR, SIGINT (Ctrl-Alt-Del) and SIGHUP power the VM off.
-pub fn run(signals: &Signals) -> Result<(), AgentError> {
+/// SIGTERM, SIGPWR, SIGINT (Ctrl-Alt-Del) and SIGHUP power the VM off, and
+/// so does the end of the `watched` process, with its exit status (128+N
+/// for a signal N).
+pub fn run(signals: &Signals, watched: Option<libc::pid_t>) -> Result<(), AgentError> {
     loop {
         // SAFETY: the set is initialised; siginfo is not needed.
         let signal = unsafe { libc::sigwaitinfo(&signals.set, std::ptr::null_mut()) };
@@ -48,7 +69,15 @@ pub fn run(signals: &Signals) -> Result<(), AgentError> {
                     return Err(AgentError::Signals { what: "waiting for signals", source: err });
                 }
             }
-            libc::SIGCHLD => reap_all(),
+            libc::SIGCHLD => {
+                if let Some(status) = reap_all(watched) {
+                    println!(
+                        "husk-agent: the husk.run program (pid {}) exited with status {status}",
+                        watched.unwrap_or_default()
+                    );
+                    power::power_off(status);
+                }
+            }
             _ => {
                 eprintln!("husk-agent: signal {signal}: powering off");
                 power::power_off(STATUS_OK);
@@ -57,14 +86,20 @@ pub fn run(signals: &Signals) -> Result<(), AgentError> {
     }
 }
 
-/// Several children may have exited for one SIGCHLD: reap until none is left.
-fn reap_all() {
+/// Several children may have exited for one SIGCHLD: reap until none is
+/// left. Returns the exit status of `watched` if it was among them.
+fn reap_all(watched: Option<libc::pid_t>) -> Option<u8> {
+    let mut watched_status = None;
     loop {
         let mut status = 0;
         // SAFETY: status is a valid out-pointer.
         let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
         if pid <= 0 {
-            return;
+            return watched_status;
+        }
+        if Some(pid) == watched {
+            let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) };
+            watched_status = Some(code.clamp(0, 255) as u8);
         }
     }
 }
