@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the guest initramfs: a newc cpio holding the static husk-agent as
 # /init and the /dev/console node the kernel opens for it. Published at
-# target/husk/initramfs.cpio.
+# target/husk/initramfs.cpio. Also builds the test initramfs,
+# target/husk/initramfs-test.cpio: the same plus the static
+# /bin/husk-guest-probe the integration tests run in the guest.
 #
 # Uncompressed on purpose: the agent is the only sizeable file, and copying
 # it costs the guest less than decompressing it under (nested) emulation —
@@ -24,11 +26,15 @@ die() { printf 'build-initramfs: error: %s\n' "$*" >&2; exit 1; }
 triple=x86_64-unknown-linux-gnu
 log "building the static husk-agent"
 ( cd "$repo" && RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --locked \
-    -p husk-agent --profile guest --target "$triple" --target-dir "$repo/target/guest" )
+    -p husk-agent -p husk-tests --bin husk-agent --bin husk-guest-probe \
+    --profile guest --target "$triple" --target-dir "$repo/target/guest" )
 agent=$repo/target/guest/$triple/guest/husk-agent
-if readelf -l "$agent" | grep -q 'Requesting program interpreter'; then
-    die "$agent is dynamically linked; the guest has no loader"
-fi
+probe=$repo/target/guest/$triple/guest/husk-guest-probe
+for binary in "$agent" "$probe"; do
+    if readelf -l "$binary" | grep -q 'Requesting program interpreter'; then
+        die "$binary is dynamically linked; the guest has no loader"
+    fi
+done
 
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
@@ -37,6 +43,12 @@ install -m 0755 "$agent" "$stage/init"
 mknod -m 0600 "$stage/dev/console" c 5 1
 
 mkdir -p "$target"
-( cd "$stage" && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0 --reproducible ) > "$target/initramfs.cpio.tmp"
-mv "$target/initramfs.cpio.tmp" "$target/initramfs.cpio"
-log "published $target/initramfs.cpio ($(stat -c %s "$target/initramfs.cpio") bytes; agent $(stat -c %s "$agent") bytes)"
+pack() {
+    ( cd "$stage" && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0 --reproducible ) > "$target/$1.tmp"
+    mv "$target/$1.tmp" "$target/$1"
+    log "published $target/$1 ($(stat -c %s "$target/$1") bytes)"
+}
+pack initramfs.cpio
+install -d -m 0755 "$stage/bin"
+install -m 0755 "$probe" "$stage/bin/husk-guest-probe"
+pack initramfs-test.cpio

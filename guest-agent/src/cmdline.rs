@@ -42,9 +42,11 @@ pub struct AgentOptions {
     pub mounts: Vec<MountRequest>,
     /// `husk.net=…`
     pub net: Option<NetRequest>,
-    /// `husk.run=PATH`: a program to run once ready; the VM powers off with
-    /// its exit status when it ends (tests and one-shot jobs).
-    pub run: Option<String>,
+    /// `husk.run=PATH[,ARG…]`: a program (and its arguments, comma
+    /// separated: the kernel command line splits on spaces) to run once
+    /// ready; the VM powers off with its exit status when it ends (tests and
+    /// one-shot jobs).
+    pub run: Option<Vec<String>>,
 }
 
 fn parse_mac(text: &str) -> Option<[u8; 6]> {
@@ -124,7 +126,7 @@ impl AgentOptions {
                             bad("net is ADDR/PREFIX with optional ,gw=ADDR and ,mac=aa:bb:cc:dd:ee:ff")
                         })?)
                 }
-                "run" if value.starts_with('/') => options.run = Some(value.to_owned()),
+                "run" if value.starts_with('/') => options.run = Some(value.split(',').map(str::to_owned).collect()),
                 "run" => return Err(bad("run takes an absolute path")),
                 _ => return Err(bad("unknown husk option")),
             }
@@ -169,7 +171,9 @@ mod tests {
         assert_eq!((net.address, net.prefix), (Ipv4Addr::new(10, 0, 0, 2), 24));
         assert_eq!(net.gateway, Some(Ipv4Addr::new(10, 0, 0, 1)));
         assert_eq!(net.mac, Some([6, 0, 10, 0, 0, 2]));
-        assert_eq!(options.run.as_deref(), Some("/test/check"));
+        assert_eq!(options.run, Some(vec!["/test/check".to_owned()]));
+        let options = AgentOptions::parse("husk.run=/probe,vsock-echo,5000").unwrap();
+        assert_eq!(options.run, Some(vec!["/probe".into(), "vsock-echo".into(), "5000".into()]));
     }
 
     #[test]

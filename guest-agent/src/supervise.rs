@@ -37,9 +37,11 @@ impl Signals {
 
 /// Starts `program` (husk.run) with the agent's stdio and the signals it
 /// blocks unblocked again.
-pub fn spawn(program: &str) -> Result<libc::pid_t, AgentError> {
+pub fn spawn(argv: &[String]) -> Result<libc::pid_t, AgentError> {
     use std::os::unix::process::CommandExt;
+    let program = argv.first().map(String::as_str).unwrap_or_default();
     let mut command = std::process::Command::new(program);
+    command.args(&argv[1..]);
     command.env_clear().env("PATH", "/bin:/sbin:/usr/bin:/usr/sbin").env("HOME", "/");
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {

@@ -1,0 +1,208 @@
+//! `husk-guest-probe`: the guest half of the integration tests, put in the
+//! test initramfs and started by the agent (`husk.run=/bin/husk-guest-probe,CMD,ARG…`).
+//! It prints what it checked on the console and exits non-zero on failure.
+//!
+//!   vsock-echo PORT                       echo every connection to vsock PORT
+//!   vsock-to-host PORT STREAMS BYTES      STREAMS connections to the host's PORT,
+//!                                         BYTES each way per stream, checked
+//!   tcp-echo PORT                         echo every TCP connection to PORT
+//!   fs-check DIR                          file-system operations in DIR
+//!   fs-readonly DIR                       writes in DIR must fail with EROFS
+
+use std::io::{self, Read, Write};
+use std::os::fd::FromRawFd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or_default();
+    let number = |i: usize| arg(i).parse::<u64>().unwrap_or(0);
+    let result = match arg(0) {
+        "vsock-echo" => vsock_echo(number(1) as u32),
+        "vsock-to-host" => vsock_to_host(number(1) as u32, number(2) as usize, number(3) as usize),
+        "tcp-echo" => tcp_echo(number(1) as u16),
+        "fs-check" => fs_check(Path::new(arg(1))),
+        "fs-readonly" => fs_readonly(Path::new(arg(1))),
+        other => Err(io::Error::other(format!("unknown command {other:?}"))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            println!("husk-guest-probe: FAILED: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Deterministic bytes, so both ends can check a stream without sharing it.
+pub fn pattern(stream: usize, len: usize) -> Vec<u8> {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ stream as u64;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+fn vsock_socket() -> io::Result<i32> {
+    // SAFETY: socket() with constant arguments; the fd is checked.
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+fn vsock_addr(cid: u32, port: u32) -> libc::sockaddr_vm {
+    // SAFETY: sockaddr_vm is plain data; all zeroes is valid.
+    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    addr.svm_cid = cid;
+    addr.svm_port = port;
+    addr
+}
+
+const VSOCK_ADDR_LEN: libc::socklen_t = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+
+fn vsock_echo(port: u32) -> io::Result<()> {
+    let fd = vsock_socket()?;
+    let addr = vsock_addr(libc::VMADDR_CID_ANY, port);
+    // SAFETY: a valid sockaddr_vm of the given length; fd is ours.
+    if unsafe { libc::bind(fd, (&addr as *const libc::sockaddr_vm).cast(), VSOCK_ADDR_LEN) } < 0
+        || unsafe { libc::listen(fd, 64) } < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    println!("husk-guest-probe: vsock echo listening on port {port}");
+    loop {
+        // SAFETY: accept on our listening socket.
+        let conn = unsafe { libc::accept4(fd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
+        if conn < 0 {
+            continue;
+        }
+        // SAFETY: conn is a connected stream socket we now own.
+        let stream = unsafe { UnixStream::from_raw_fd(conn) };
+        std::thread::spawn(move || echo(stream));
+    }
+}
+
+fn echo<S: Read + Write>(mut stream: S) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if stream.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn vsock_to_host(port: u32, streams: usize, bytes: usize) -> io::Result<()> {
+    let workers: Vec<_> = (0..streams)
+        .map(|stream| {
+            std::thread::spawn(move || -> io::Result<()> {
+                let fd = vsock_socket()?;
+                let addr = vsock_addr(libc::VMADDR_CID_HOST, port);
+                // SAFETY: a valid sockaddr_vm of the given length.
+                if unsafe { libc::connect(fd, (&addr as *const libc::sockaddr_vm).cast(), VSOCK_ADDR_LEN) } < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // SAFETY: fd is a connected socket we own.
+                let mut conn = unsafe { UnixStream::from_raw_fd(fd) };
+                let data = pattern(stream, bytes);
+                let mut reader = conn.try_clone()?;
+                let expected = data.clone();
+                let checker = std::thread::spawn(move || -> io::Result<()> {
+                    let mut got = vec![0u8; expected.len()];
+                    reader.read_exact(&mut got)?;
+                    if got != expected {
+                        return Err(io::Error::other("echoed data differs"));
+                    }
+                    Ok(())
+                });
+                conn.write_all(&data)?;
+                checker.join().map_err(|_| io::Error::other("checker panicked"))??;
+                Ok(())
+            })
+        })
+        .collect();
+    for (i, worker) in workers.into_iter().enumerate() {
+        worker
+            .join()
+            .map_err(|_| io::Error::other("worker panicked"))?
+            .map_err(|e| io::Error::other(format!("stream {i}: {e}")))?;
+    }
+    println!("husk-guest-probe: vsock-to-host ok streams={streams} bytes={bytes}");
+    Ok(())
+}
+
+fn tcp_echo(port: u16) -> io::Result<()> {
+    let listener = std::net::TcpListener::bind(("0.0.0.0", port))?;
+    println!("husk-guest-probe: tcp echo listening on port {port}");
+    for stream in listener.incoming().flatten() {
+        std::thread::spawn(move || echo(stream));
+    }
+    Ok(())
+}
+
+fn check(ok: bool, what: &str) -> io::Result<()> {
+    if ok {
+        println!("husk-guest-probe: ok {what}");
+        Ok(())
+    } else {
+        Err(io::Error::other(format!("check failed: {what}")))
+    }
+}
+
+fn fs_check(dir: &Path) -> io::Result<()> {
+    let file = dir.join("from-guest.txt");
+    std::fs::write(&file, b"written in the guest\n")?;
+    check(std::fs::read(&file)? == b"written in the guest\n", "create/write/read")?;
+    std::fs::rename(&file, dir.join("renamed.txt"))?;
+    check(!file.exists() && dir.join("renamed.txt").exists(), "rename")?;
+    std::fs::create_dir(dir.join("subdir"))?;
+    std::fs::write(dir.join("subdir/inner"), b"x")?;
+    std::fs::remove_file(dir.join("subdir/inner"))?;
+    std::fs::remove_dir(dir.join("subdir"))?;
+    check(!dir.join("subdir").exists(), "mkdir/unlink/rmdir")?;
+    std::os::unix::fs::symlink("renamed.txt", dir.join("link"))?;
+    check(std::fs::read_link(dir.join("link"))? == Path::new("renamed.txt"), "symlink/readlink")?;
+    std::fs::hard_link(dir.join("renamed.txt"), dir.join("hard"))?;
+    check(std::fs::metadata(dir.join("hard"))?.nlink() == 2, "hard link")?;
+    std::fs::set_permissions(dir.join("renamed.txt"), std::fs::Permissions::from_mode(0o640))?;
+    check(std::fs::metadata(dir.join("renamed.txt"))?.permissions().mode() & 0o777 == 0o640, "chmod")?;
+    let f = std::fs::OpenOptions::new().write(true).open(dir.join("renamed.txt"))?;
+    f.set_len(4)?;
+    check(std::fs::metadata(dir.join("renamed.txt"))?.len() == 4, "truncate")?;
+    // A large file, written and read back in full.
+    let big = pattern(7, 8 << 20);
+    std::fs::write(dir.join("big.bin"), &big)?;
+    check(std::fs::read(dir.join("big.bin"))? == big, "8 MiB file round trip")?;
+    // The host's file, seen from here.
+    check(std::fs::read(dir.join("from-host.txt"))? == b"written on the host\n", "read a host file")?;
+    // Escapes stay inside the share.
+    let parent = std::fs::read_dir(dir.join(".."))?.count();
+    println!("husk-guest-probe: entries in the share's parent as the guest sees it: {parent}");
+    std::os::unix::fs::symlink("/etc/hostname", dir.join("abs-link"))?;
+    println!("husk-guest-probe: fs-check done");
+    Ok(())
+}
+
+fn fs_readonly(dir: &Path) -> io::Result<()> {
+    check(std::fs::read(dir.join("from-host.txt"))? == b"written on the host\n", "read on a read-only share")?;
+    let refused = |r: io::Result<()>| matches!(r, Err(e) if e.raw_os_error() == Some(libc::EROFS));
+    check(refused(std::fs::write(dir.join("new.txt"), b"x")), "create refused with EROFS")?;
+    check(refused(std::fs::remove_file(dir.join("from-host.txt"))), "unlink refused with EROFS")?;
+    check(refused(std::fs::create_dir(dir.join("d"))), "mkdir refused with EROFS")?;
+    println!("husk-guest-probe: fs-readonly done");
+    Ok(())
+}
