@@ -250,10 +250,23 @@ fn lock_state(dir: &Path) -> Result<StateLock, TestHostError> {
     Ok(StateLock(file))
 }
 
+/// Identifies what a nested host was booted from: the runner binary and the
+/// host image. A rebuilt one of either needs a fresh host.
 fn runner_stamp(runner_exe: &Path) -> Result<String, TestHostError> {
     use std::os::unix::fs::MetadataExt;
+    let stamp_of = |meta: std::fs::Metadata, file: &Path| {
+        format!("{}:{}.{}:{};", file.display(), meta.mtime(), meta.mtime_nsec(), meta.size())
+    };
     let meta = std::fs::metadata(runner_exe).map_err(io_err(format!("runner {}", runner_exe.display())))?;
-    Ok(format!("{}:{}:{}", runner_exe.display(), meta.mtime_nsec() + meta.mtime() * 1_000_000_000, meta.size()))
+    let mut stamp = stamp_of(meta, runner_exe);
+    let image = paths::artifacts_dir().join("testhost");
+    for file in [image.join("vmlinuz"), image.join("initramfs.cpio")] {
+        // A missing image file is reported by boot(), with the command that makes it.
+        if let Ok(meta) = std::fs::metadata(&file) {
+            stamp.push_str(&stamp_of(meta, &file));
+        }
+    }
+    Ok(stamp)
 }
 
 /// Reuses the recorded nested host if it is alive and current, else boots

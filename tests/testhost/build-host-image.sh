@@ -7,7 +7,7 @@
 set -euo pipefail
 
 # Modules the init loads, in dependency order as modprobe resolves them.
-MODULES=(virtio_pci virtio_net 9pnet_virtio 9p kvm_amd)
+MODULES=(virtio_pci virtio_net 9pnet_virtio 9p kvm_amd tun veth)
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
