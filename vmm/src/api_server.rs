@@ -39,6 +39,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
+use husk_api::devices::{validate_id, FsConfig, IdError, NetworkInterfaceConfig, VsockConfig};
 use husk_api::vmm::{
     ActionType, ApiError, BootSourceConfig, InstanceActionInfo, LoggerConfig, MachineConfig, MachineConfigUpdate,
     MetricsConfig, Vm,
@@ -69,19 +70,27 @@ const MAX_DISCARDED_PAYLOAD: usize = 1024 * 1024;
 pub const MAX_CONNECTIONS: usize = 10;
 
 /// Every (method, path) the API implements. `api/openapi.yaml` documents
-/// exactly these (checked by `vmm/tests/openapi.rs`).
+/// exactly these (checked by `vmm/tests/openapi.rs`). A path with a
+/// `{parameter}` stands for every path with one id in its place.
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/"),
     ("PUT", "/actions"),
     ("PUT", "/boot-source"),
+    ("PUT", "/fs/{fs_id}"),
     ("PUT", "/logger"),
     ("GET", "/machine-config"),
     ("PUT", "/machine-config"),
     ("PATCH", "/machine-config"),
     ("PUT", "/metrics"),
+    ("PUT", "/network-interfaces/{iface_id}"),
     ("PATCH", "/vm"),
     ("GET", "/vm/config"),
+    ("PUT", "/vsock"),
 ];
+
+/// The routes that end in an id, as (prefix, template): the request path
+/// `<prefix>/<id>` routes as `template`.
+const ID_ROUTES: &[(&str, &str)] = &[("/fs", "/fs/{fs_id}"), ("/network-interfaces", "/network-interfaces/{iface_id}")];
 
 /// Why the API socket could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +126,14 @@ pub enum RequestError {
     /// field, a missing one, a value of the wrong type or an unknown variant.
     #[error("An error occurred when deserializing the json body of a request: {0}.")]
     Json(#[from] serde_json::Error),
+    /// The id in the path is empty, too long or has characters other than
+    /// alphanumerics and `_` (Firecracker's rule, which also keeps `/`,
+    /// `%` and `.` out of it).
+    #[error(transparent)]
+    InvalidId(#[from] IdError),
+    /// The id in the path is not the one in the body.
+    #[error("The id from the path [{path}] does not match the id from the body [{body}]!")]
+    IdMismatch { path: String, body: String },
 }
 
 impl From<RequestError> for ApiError {
@@ -139,7 +156,8 @@ pub fn parse_request(method: &str, path: &str, body: &[u8]) -> Result<VmmAction,
         "PATCH" if body.is_empty() => return Err(RequestError::EmptyPatch),
         _ => {}
     }
-    let action = match (method, route_path(path)) {
+    let (route, id) = split_id(route_path(path));
+    let action = match (method, route) {
         ("GET", "/") => VmmAction::GetInstanceInfo,
         ("GET", "/machine-config") => VmmAction::GetMachineConfig,
         ("GET", "/vm/config") => VmmAction::GetVmConfig,
@@ -160,6 +178,19 @@ pub fn parse_request(method: &str, path: &str, body: &[u8]) -> Result<VmmAction,
             VmmAction::PatchMachineConfig(update)
         }
         ("PUT", "/metrics") => VmmAction::PutMetrics(json::<MetricsConfig>(body)?),
+        ("PUT", "/vsock") => VmmAction::PutVsock(json::<VsockConfig>(body)?),
+        ("PUT", "/network-interfaces/{iface_id}") => {
+            let id = checked_id(id)?;
+            let config = json::<NetworkInterfaceConfig>(body)?;
+            same_id(id, &config.iface_id)?;
+            VmmAction::PutNetworkInterface(config)
+        }
+        ("PUT", "/fs/{fs_id}") => {
+            let id = checked_id(id)?;
+            let config = json::<FsConfig>(body)?;
+            same_id(id, &config.fs_id)?;
+            VmmAction::PutFs(config)
+        }
         ("PATCH", "/vm") => VmmAction::PatchVm(json::<Vm>(body)?.state),
         _ => return Err(RequestError::InvalidPathMethod { method: method.to_string(), path: path.to_string() }),
     };
@@ -168,6 +199,39 @@ pub fn parse_request(method: &str, path: &str, body: &[u8]) -> Result<VmmAction,
 
 fn json<T: DeserializeOwned>(body: &[u8]) -> Result<T, RequestError> {
     Ok(serde_json::from_slice(body)?)
+}
+
+/// Splits a path that ends in an id into its route template and the id:
+/// `/fs/root` is (`/fs/{fs_id}`, `root`). The id is everything after the
+/// prefix's slash, unchecked: `/fs/a/b` gives `a/b`, which [`checked_id`]
+/// refuses. The bare prefix gives an empty id, refused as Firecracker
+/// refuses `PUT /network-interfaces` ("The ID cannot be empty."). Other
+/// paths are returned unchanged, without an id.
+fn split_id(path: &str) -> (&str, &str) {
+    for &(prefix, template) in ID_ROUTES {
+        if let Some(rest) = path.strip_prefix(prefix) {
+            if rest.is_empty() {
+                return (template, "");
+            }
+            if let Some(id) = rest.strip_prefix('/') {
+                return (template, id);
+            }
+        }
+    }
+    (path, "")
+}
+
+fn checked_id(id: &str) -> Result<&str, RequestError> {
+    validate_id(id)?;
+    Ok(id)
+}
+
+/// As Firecracker: the body names the device too, and must name the same one.
+fn same_id(path: &str, body: &str) -> Result<(), RequestError> {
+    if path != body {
+        return Err(RequestError::IdMismatch { path: path.to_string(), body: body.to_string() });
+    }
+    Ok(())
 }
 
 /// The path a request target routes on. Clients may send the absolute form
@@ -637,6 +701,7 @@ impl Response {
 mod tests {
     use std::sync::mpsc::{self, TryRecvError};
 
+    use husk_api::devices::{FsCachePolicy, MAX_ID_LEN};
     use husk_api::vmm::{FullVmConfig, HugePages, InstanceInfo, InstanceState, LogLevel, VmState, MAX_VCPU_COUNT};
     use vmm_sys_util::tempdir::TempDir;
 
@@ -802,11 +867,142 @@ mod tests {
 
     #[test]
     fn every_listed_route_is_routed() {
-        for &(method, path) in ROUTES {
+        for &(method, template) in ROUTES {
+            // A path the template stands for: one id in place of the parameter.
+            let path = match template.split_once('{') {
+                Some((prefix, _)) => format!("{prefix}x"),
+                None => template.to_string(),
+            };
             let body = if method == "GET" { "" } else { "{}" };
-            if let Err(RequestError::InvalidPathMethod { .. }) = parse_request(method, path, body.as_bytes()) {
-                panic!("{method} {path} is listed in ROUTES but not routed");
+            if let Err(RequestError::InvalidPathMethod { .. }) = parse_request(method, &path, body.as_bytes()) {
+                panic!("{method} {template} is listed in ROUTES but not routed");
             }
+        }
+        for &(prefix, template) in ID_ROUTES {
+            assert!(ROUTES.iter().any(|&(_, path)| path == template), "{template} is not in ROUTES");
+            assert!(template.starts_with(&format!("{prefix}/{{")) && template.ends_with('}'), "{template}");
+        }
+    }
+
+    #[test]
+    fn put_vsock() {
+        let body = r#"{"guest_cid": 3, "uds_path": "/run/v.sock"}"#;
+        assert_eq!(
+            parse("PUT", "/vsock", body).unwrap(),
+            VmmAction::PutVsock(VsockConfig { vsock_id: None, guest_cid: 3, uds_path: "/run/v.sock".into() })
+        );
+        // Firecracker's deprecated vsock_id is still taken.
+        let body = r#"{"vsock_id": "v0", "guest_cid": 4, "uds_path": "/v"}"#;
+        assert!(matches!(
+            parse("PUT", "/vsock", body).unwrap(),
+            VmmAction::PutVsock(VsockConfig { vsock_id: Some(_), .. })
+        ));
+        // A CID out of range is the VMM's to refuse; one the type cannot hold is a parse error.
+        assert!(matches!(parse("PUT", "/vsock", r#"{"guest_cid": 2, "uds_path": "/v"}"#), Ok(VmmAction::PutVsock(_))));
+        assert!(fault(parse("PUT", "/vsock", r#"{"guest_cid": -1, "uds_path": "/v"}"#)).contains("invalid value"));
+        assert!(fault(parse("PUT", "/vsock", r#"{"guest_cid": 3}"#)).contains("missing field `uds_path`"));
+        assert!(fault(parse("PUT", "/vsock", r#"{"guest_cid": 3, "uds_path": "/v", "x": 1}"#))
+            .contains("unknown field `x`"));
+        assert_eq!(fault(parse("PUT", "/vsock", "")), "Empty PUT request.");
+        assert_eq!(fault(parse("PUT", "/vsock/v0", "{}")), "Invalid request method and/or path: PUT /vsock/v0.");
+        assert_eq!(fault(parse("GET", "/vsock", "")), "Invalid request method and/or path: GET /vsock.");
+    }
+
+    #[test]
+    fn put_network_interface() {
+        let body = r#"{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:AC:10:00:02",
+            "rx_rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}},
+            "tx_rate_limiter": {"ops": {"size": 10, "one_time_burst": 5, "refill_time": 1000}}}"#;
+        let VmmAction::PutNetworkInterface(config) = parse("PUT", "/network-interfaces/eth0", body).unwrap() else {
+            panic!("not a PutNetworkInterface");
+        };
+        assert_eq!((config.iface_id.as_str(), config.host_dev_name.as_str()), ("eth0", "tap0"));
+        // The body as sent: the MAC is the VMM's to check and normalize.
+        assert_eq!(config.guest_mac.as_deref(), Some("06:00:AC:10:00:02"));
+        assert_eq!(config.tx_rate_limiter.unwrap().ops.unwrap().one_time_burst, Some(5));
+        // Trailing slash and absolute form, as for every route.
+        let bare = r#"{"iface_id": "eth0", "host_dev_name": "tap0"}"#;
+        assert!(parse("PUT", "/network-interfaces/eth0/", bare).is_ok());
+        assert!(parse("PUT", "http://localhost/network-interfaces/eth0", bare).is_ok());
+
+        assert_eq!(
+            fault(parse("PUT", "/network-interfaces/eth1", bare)),
+            "The id from the path [eth1] does not match the id from the body [eth0]!"
+        );
+        let unknown = fault(parse(
+            "PUT",
+            "/network-interfaces/eth0",
+            r#"{"iface_id": "eth0", "host_dev_name": "t", "mtu": 9000}"#,
+        ));
+        assert!(unknown.contains("unknown field `mtu`"), "{unknown}");
+        let limiter = r#"{"iface_id": "eth0", "host_dev_name": "t",
+            "rx_rate_limiter": {"bytes": {"size": 1, "refill_time": 1}}}"#;
+        assert!(fault(parse("PUT", "/network-interfaces/eth0", limiter)).contains("unknown field `bytes`"));
+        assert!(fault(parse("PUT", "/network-interfaces/eth0", r#"{"iface_id": "eth0"}"#))
+            .contains("missing field `host_dev_name`"));
+        // No PATCH (Firecracker's post-boot rate limiter update) and no GET.
+        assert_eq!(
+            fault(parse("PATCH", "/network-interfaces/eth0", bare)),
+            "Invalid request method and/or path: PATCH /network-interfaces/eth0."
+        );
+        assert!(matches!(parse("GET", "/network-interfaces/eth0", ""), Err(RequestError::InvalidPathMethod { .. })));
+        assert!(matches!(parse("PUT", "/network-interfacesX", bare), Err(RequestError::InvalidPathMethod { .. })));
+    }
+
+    #[test]
+    fn put_fs() {
+        let body = r#"{"fs_id": "root", "tag": "rootfs", "shared_dir": "/srv", "read_only": true, "cache": "never"}"#;
+        assert_eq!(
+            parse("PUT", "/fs/root", body).unwrap(),
+            VmmAction::PutFs(FsConfig {
+                fs_id: "root".into(),
+                tag: "rootfs".into(),
+                shared_dir: "/srv".into(),
+                read_only: true,
+                cache: FsCachePolicy::Never,
+            })
+        );
+        assert_eq!(
+            fault(parse("PUT", "/fs/data", body)),
+            "The id from the path [data] does not match the id from the body [root]!"
+        );
+        assert!(fault(parse(
+            "PUT",
+            "/fs/root",
+            r#"{"fs_id": "root", "tag": "t", "shared_dir": "/", "cache": "sometimes"}"#
+        ))
+        .contains("unknown variant `sometimes`"));
+        assert!(
+            fault(parse("PUT", "/fs/root", r#"{"fs_id": "root", "shared_dir": "/"}"#)).contains("missing field `tag`")
+        );
+        assert!(fault(parse("PUT", "/fs/root", r#"{"fs_id": "root", "tag": "t", "shared_dir": "/", "dax": true}"#))
+            .contains("unknown field `dax`"));
+        assert!(matches!(parse("GET", "/fs/root", ""), Err(RequestError::InvalidPathMethod { .. })));
+    }
+
+    #[test]
+    fn ids_in_paths_are_checked_before_the_body() {
+        for prefix in ["/network-interfaces", "/fs"] {
+            // Firecracker's messages, whatever the body.
+            for path in [prefix.to_string(), format!("{prefix}/"), format!("http://localhost{prefix}")] {
+                assert_eq!(fault(parse("PUT", &path, "not json")), "The ID cannot be empty.", "{path}");
+            }
+            for id in ["eth-0", "a/b", "a.b", "..", "%2e%2e", "{iface_id}", "a%2Fb", "é!"] {
+                assert_eq!(
+                    fault(parse("PUT", &format!("{prefix}/{id}"), "not json")),
+                    "API Resource IDs can only contain alphanumeric characters and underscores.",
+                    "{prefix}/{id}"
+                );
+            }
+            let long = "i".repeat(MAX_ID_LEN + 1);
+            assert_eq!(
+                fault(parse("PUT", &format!("{prefix}/{long}"), "{}")),
+                format!("API Resource IDs can be at most {MAX_ID_LEN} bytes long.")
+            );
+            // The longest id is fine (and the body is parsed next).
+            let longest = "i".repeat(MAX_ID_LEN);
+            assert!(matches!(parse("PUT", &format!("{prefix}/{longest}"), "{}"), Err(RequestError::Json(_))));
+            assert!(matches!(parse("PUT", &format!("{prefix}/eth_0"), "{}"), Err(RequestError::Json(_))));
         }
     }
 

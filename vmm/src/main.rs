@@ -54,6 +54,21 @@ struct Args {
     no_thp: bool,
 }
 
+/// virtio-fs holds an O_PATH descriptor per guest-held inode and one per
+/// open file: use the whole hard limit rather than the default 1024.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                tracing::warn!("raising RLIMIT_NOFILE: {}", std::io::Error::last_os_error());
+            }
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args = match Args::try_parse() {
         Ok(args) => args,
@@ -74,6 +89,7 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> Result<u8> {
     husk_vmm::logger::init(&args.id, args.log_path.as_deref(), args.level).context("setting up the log")?;
+    raise_open_file_limit();
     let options = VmOptions {
         boot_timer: args.boot_timer,
         serial_out: args.serial_out,
@@ -106,6 +122,10 @@ fn run(args: Args) -> Result<u8> {
         .map_err(|e| anyhow::anyhow!("creating the event loop: {e:?}"))?;
     events.add_subscriber(vmm.clone());
     loop {
+        // Devices created by a config-file boot or by the last API request.
+        for subscriber in vmm.lock().expect("vmm lock").take_new_subscribers() {
+            events.add_subscriber(subscriber);
+        }
         events.run().map_err(|e| anyhow::anyhow!("event loop: {e:?}"))?;
         if let Some(code) = vmm.lock().expect("vmm lock").exit_code() {
             husk_vmm::metrics::flush_if_configured();

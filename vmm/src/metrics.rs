@@ -84,6 +84,24 @@ pub static METRICS: std::sync::LazyLock<Metrics> = std::sync::LazyLock::new(Metr
 
 static SINK: Mutex<Option<File>> = Mutex::new(None);
 
+/// A device's own counters, reported under `devices.<name>` in each flush.
+pub trait DeviceMetrics: Send + Sync {
+    fn snapshot(&self) -> serde_json::Value;
+}
+
+impl<T: Serialize + Send + Sync> DeviceMetrics for T {
+    fn snapshot(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+}
+
+static DEVICES: Mutex<Vec<(String, std::sync::Arc<dyn DeviceMetrics>)>> = Mutex::new(Vec::new());
+
+/// Adds a device's counters to what every flush reports.
+pub fn register_device(name: String, metrics: std::sync::Arc<dyn DeviceMetrics>) {
+    DEVICES.lock().expect("metrics lock").push((name, metrics));
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
     #[error("metrics are already configured")]
@@ -115,6 +133,9 @@ pub fn flush() -> Result<(), MetricsError> {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     let mut line = serde_json::to_value(&*METRICS).expect("counters serialise");
     line["utc_timestamp_ms"] = utc_timestamp_ms.into();
+    let devices: serde_json::Map<String, serde_json::Value> =
+        DEVICES.lock().expect("metrics lock").iter().map(|(name, m)| (name.clone(), m.snapshot())).collect();
+    line["devices"] = devices.into();
     let mut text = line.to_string();
     text.push('\n');
     file.write_all(text.as_bytes()).map_err(MetricsError::Write)

@@ -2,6 +2,7 @@
 //! turns HTTP into, and what the VMM answers. The HTTP layer knows nothing of
 //! KVM; the VMM knows nothing of HTTP.
 
+use husk_api::devices::{FsConfig, NetworkInterfaceConfig, VsockConfig};
 use husk_api::vmm::{
     BootSourceConfig, FullVmConfig, InstanceInfo, LoggerConfig, MachineConfig, MachineConfigUpdate, MetricsConfig,
     VmState,
@@ -26,6 +27,14 @@ pub enum VmmAction {
     PutLogger(LoggerConfig),
     /// `PUT /metrics` (pre-boot only)
     PutMetrics(MetricsConfig),
+    /// `PUT /vsock` (pre-boot only): sets the vsock device, replacing any.
+    PutVsock(VsockConfig),
+    /// `PUT /network-interfaces/{iface_id}` (pre-boot only): adds a network
+    /// interface, or replaces the one with the same `iface_id`.
+    PutNetworkInterface(NetworkInterfaceConfig),
+    /// `PUT /fs/{fs_id}` (pre-boot only, husk's extension): adds a virtio-fs
+    /// share, or replaces the one with the same `fs_id`.
+    PutFs(FsConfig),
     /// `PUT /actions` `InstanceStart` (pre-boot only)
     InstanceStart,
     /// `PUT /actions` `SendCtrlAltDel` (post-boot only)

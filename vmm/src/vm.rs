@@ -25,6 +25,8 @@ use crate::boot::{build_cmdline, load_guest};
 use crate::devices::guest_signal::GuestSignalDevice;
 use crate::devices::i8042::{I8042Device, I8042_BASE, I8042_LEN};
 use crate::devices::serial::{SerialDevice, SerialOut, COM1_BASE, COM1_LEN};
+use crate::devices::virtio::mmio::{MmioTransport, MMIO_SLOT_SIZE, QUEUE_NOTIFY_OFFSET};
+use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
 use crate::devices::Bus;
 use crate::vcpu::{Vcpu, VcpuControl};
 use crate::vm_exit::ExitSignal;
@@ -33,6 +35,28 @@ use crate::vm_exit::ExitSignal;
 /// reset through the i8042 on reboot, and no probing of PS/2 hardware the
 /// microVM does not have.
 pub const DEFAULT_BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd";
+
+/// The first virtio device's register page, right after the guest-signal
+/// register; each further device takes the next page.
+pub const VIRTIO_MMIO_START: u64 = GUEST_SIGNAL_MMIO_BASE + GUEST_SIGNAL_MMIO_SIZE;
+/// The first virtio device's GSI; each further device takes the next line
+/// (up to the IOAPIC's 23).
+pub const VIRTIO_FIRST_IRQ: u32 = 5;
+pub const MAX_VIRTIO_DEVICES: usize = 23 - VIRTIO_FIRST_IRQ as usize + 1;
+
+/// A virtio device to attach: the same object seen by the transport (on
+/// vCPU threads) and by the event loop (where its queues are processed).
+pub struct VirtioDeviceHandle {
+    pub device: Arc<Mutex<dyn VirtioDevice>>,
+    pub subscriber: Arc<Mutex<dyn event_manager::MutEventSubscriber + Send>>,
+}
+
+impl VirtioDeviceHandle {
+    pub fn new<D: VirtioDevice + event_manager::MutEventSubscriber + Send + 'static>(device: D) -> Self {
+        let shared = Arc::new(Mutex::new(device));
+        Self { device: shared.clone(), subscriber: shared }
+    }
+}
 
 /// Options that are the VMM process's, not the VM's API configuration.
 #[derive(Clone, Debug)]
@@ -84,7 +108,10 @@ pub struct RunningVm {
     control: Arc<VcpuControl>,
     pub serial: Arc<Mutex<SerialDevice>>,
     pub i8042: Arc<Mutex<I8042Device>>,
-    pub memory: GuestMemoryMmap,
+    pub memory: Arc<GuestMemoryMmap>,
+    /// The virtio devices' event-loop halves, for the VMM to add to its
+    /// event manager.
+    pub subscribers: Vec<Arc<Mutex<dyn event_manager::MutEventSubscriber + Send>>>,
     _vm: VmFd,
     _kvm: Kvm,
 }
@@ -104,9 +131,16 @@ pub fn start_vm(
     boot: &BootSourceConfig,
     machine: &MachineConfig,
     options: &VmOptions,
+    virtio_devices: Vec<VirtioDeviceHandle>,
     exit: Arc<ExitSignal>,
     instance_start: Instant,
 ) -> Result<RunningVm, VmError> {
+    if virtio_devices.len() > MAX_VIRTIO_DEVICES {
+        return Err(VmError::Device(format!(
+            "at most {MAX_VIRTIO_DEVICES} virtio devices, got {}",
+            virtio_devices.len()
+        )));
+    }
     let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
     for cap in [Cap::Irqchip, Cap::Irqfd, Cap::Ioeventfd, Cap::Pit2, Cap::UserMemory, Cap::ImmediateExit] {
         if !kvm.check_extension(cap) {
@@ -125,13 +159,39 @@ pub fn start_vm(
 
     tracing::debug!("KVM VM and irqchip ready at +{} us", instance_start.elapsed().as_micros());
     let mem_size = (machine.mem_size_mib as u64) << 20;
-    let memory = create_memory(machine.mem_size_mib, options.memfd)?;
+    let memory = Arc::new(create_memory(machine.mem_size_mib, options.memfd)?);
     if options.transparent_huge_pages {
         advise_huge_pages(&memory);
     }
     register_memory(&vm, &memory, machine.track_dirty_pages)?;
 
-    let cmdline = build_cmdline(boot.boot_args.as_deref().unwrap_or(DEFAULT_BOOT_ARGS))?;
+    let mut cmdline = build_cmdline(boot.boot_args.as_deref().unwrap_or(DEFAULT_BOOT_ARGS))?;
+    let irq = |gsi: u32| -> Result<EventFd, VmError> {
+        let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Device(format!("eventfd: {e}")))?;
+        vm.register_irqfd(&evt, gsi).map_err(kvm_err(format!("KVM_IRQFD for GSI {gsi}")))?;
+        Ok(evt)
+    };
+    let mut mmio_bus = Bus::default();
+    let bus_err = |e: crate::devices::BusError| VmError::Device(e.to_string());
+    let mut subscribers = Vec::with_capacity(virtio_devices.len());
+    for (slot, handle) in virtio_devices.into_iter().enumerate() {
+        let base = VIRTIO_MMIO_START + slot as u64 * MMIO_SLOT_SIZE;
+        let gsi = VIRTIO_FIRST_IRQ + slot as u32;
+        let interrupt = Arc::new(VirtioInterrupt::new(irq(gsi)?));
+        let transport = MmioTransport::new(memory.clone(), handle.device, interrupt)
+            .map_err(|e| VmError::Device(format!("virtio-mmio transport: {e}")))?;
+        for (queue, evt) in transport.queue_events().iter().enumerate() {
+            let address = kvm_ioctls::IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET);
+            vm.register_ioevent(evt, &address, queue as u32)
+                .map_err(kvm_err(format!("KVM_IOEVENTFD for virtio device {slot} queue {queue}")))?;
+        }
+        mmio_bus.insert(Arc::new(Mutex::new(transport)), base, MMIO_SLOT_SIZE).map_err(bus_err)?;
+        // Declared on the command line: the guest has no ACPI to find them in.
+        cmdline
+            .add_virtio_mmio_device(MMIO_SLOT_SIZE, GuestAddress(base), gsi, None)
+            .map_err(|e| VmError::Device(format!("declaring virtio device {slot} on the command line: {e}")))?;
+        subscribers.push(handle.subscriber);
+    }
     let loaded = load_guest(
         &memory,
         mem_size,
@@ -139,21 +199,14 @@ pub fn start_vm(
         boot.initrd_path.as_deref().map(Path::new),
         &cmdline,
     )?;
-    mptable::setup(&memory, machine.vcpu_count)?;
+    mptable::setup(&*memory, machine.vcpu_count)?;
     tracing::debug!("guest memory and guest loaded at +{} us", instance_start.elapsed().as_micros());
 
-    let irq = |gsi: u32| -> Result<EventFd, VmError> {
-        let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Device(format!("eventfd: {e}")))?;
-        vm.register_irqfd(&evt, gsi).map_err(kvm_err(format!("KVM_IRQFD for GSI {gsi}")))?;
-        Ok(evt)
-    };
     let serial_out = options.serial_out.open().map_err(|e| VmError::Device(format!("serial output: {e}")))?;
     let serial = Arc::new(Mutex::new(SerialDevice::new(irq(SERIAL_IRQ)?, serial_out)));
     let i8042 = Arc::new(Mutex::new(I8042Device::new(irq(I8042_IRQ)?, exit.clone())));
     let guest_signal = Arc::new(Mutex::new(GuestSignalDevice::new(instance_start, options.boot_timer, exit.clone())));
     let mut io_bus = Bus::default();
-    let mut mmio_bus = Bus::default();
-    let bus_err = |e: crate::devices::BusError| VmError::Device(e.to_string());
     io_bus.insert(serial.clone(), COM1_BASE, COM1_LEN).map_err(bus_err)?;
     io_bus.insert(i8042.clone(), I8042_BASE, I8042_LEN).map_err(bus_err)?;
     mmio_bus.insert(guest_signal, GUEST_SIGNAL_MMIO_BASE, GUEST_SIGNAL_MMIO_SIZE).map_err(bus_err)?;
@@ -188,7 +241,7 @@ pub fn start_vm(
         // which resets their registers anyway.
         if id == 0 {
             regs::setup_regs(&fd, loaded.entry)?;
-            regs::setup_sregs(&memory, &fd, loaded.entry)?;
+            regs::setup_sregs(&*memory, &fd, loaded.entry)?;
         }
         vcpus.push(Vcpu {
             fd,
@@ -206,7 +259,7 @@ pub fn start_vm(
         EntryPoint::Linux64 { entry, .. } => tracing::info!("booting through the 64-bit entry at {:#x}", entry.0),
     }
     let vcpu_threads = vcpus.into_iter().map(Vcpu::start).collect::<Result<Vec<_>, _>>().map_err(VmError::Thread)?;
-    Ok(RunningVm { vcpu_threads, control, serial, i8042, memory, _vm: vm, _kvm: kvm })
+    Ok(RunningVm { vcpu_threads, control, serial, i8042, memory, subscribers, _vm: vm, _kvm: kvm })
 }
 
 fn create_memory(mib: usize, memfd: bool) -> Result<GuestMemoryMmap, VmError> {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use husk_api::devices::{validate_id, FsConfig, NetworkInterfaceConfig, VsockConfig};
 use husk_api::vmm::{
     BootSourceConfig, FullVmConfig, InstanceInfo, InstanceState, LoggerConfig, MachineConfig, MetricsConfig, VmState,
 };
@@ -16,7 +17,7 @@ use husk_api::vmm_exit;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::rpc::{VmmAction, VmmActionError, VmmData, VmmResponse};
-use crate::vm::{start_vm, RunningVm, VmOptions};
+use crate::vm::{start_vm, RunningVm, VirtioDeviceHandle, VmOptions, MAX_VIRTIO_DEVICES};
 use crate::vm_exit::{ExitSignal, VmExit};
 
 const NOT_SUPPORTED_AFTER_START: &str = "The requested operation is not supported after starting the microVM.";
@@ -37,12 +38,21 @@ pub struct Vmm {
     machine: MachineConfig,
     logger: Option<LoggerConfig>,
     metrics: Option<MetricsConfig>,
+    /// The virtio devices to build at InstanceStart, validated. Lists keep
+    /// the order devices were first configured in; a replaced device keeps
+    /// its place.
+    vsock: Option<VsockConfig>,
+    network_interfaces: Vec<NetworkInterfaceConfig>,
+    fs: Vec<FsConfig>,
     options: VmOptions,
     vm: Option<RunningVm>,
     exit: Arc<ExitSignal>,
     api: Option<ApiChannel>,
     stdin_open: bool,
     exit_code: Option<u8>,
+    /// Event-loop subscribers created while handling a request (the virtio
+    /// devices at InstanceStart), for the loop's owner to add.
+    new_subscribers: Vec<Arc<std::sync::Mutex<dyn MutEventSubscriber + Send>>>,
 }
 
 fn refuse(message: impl Into<String>) -> VmmActionError {
@@ -58,12 +68,16 @@ impl Vmm {
             machine: MachineConfig::default(),
             logger: None,
             metrics: None,
+            vsock: None,
+            network_interfaces: Vec::new(),
+            fs: Vec::new(),
             options,
             vm: None,
             exit: Arc::new(ExitSignal::new()?),
             api,
             stdin_open: true,
             exit_code: None,
+            new_subscribers: Vec::new(),
         })
     }
 
@@ -71,6 +85,36 @@ impl Vmm {
     /// exit status.
     pub fn exit_code(&self) -> Option<u8> {
         self.exit_code
+    }
+
+    /// Subscribers to add to the event loop (an event-loop callback cannot
+    /// add them itself: the manager is busy running it).
+    pub fn take_new_subscribers(&mut self) -> Vec<Arc<std::sync::Mutex<dyn MutEventSubscriber + Send>>> {
+        std::mem::take(&mut self.new_subscribers)
+    }
+
+    /// The vsock device's configuration, if one was put.
+    pub fn vsock(&self) -> Option<&VsockConfig> {
+        self.vsock.as_ref()
+    }
+
+    /// The network interfaces, in the order they were configured. Ids, TAP
+    /// names and guest MACs are unique; `guest_mac` is in canonical form
+    /// (lower case) when set.
+    pub fn network_interfaces(&self) -> &[NetworkInterfaceConfig] {
+        &self.network_interfaces
+    }
+
+    /// The virtio-fs shares, in the order they were configured. Ids and tags
+    /// are unique; each `shared_dir` was a directory when it was configured.
+    pub fn fs(&self) -> &[FsConfig] {
+        &self.fs
+    }
+
+    /// How many virtio devices the configuration asks for, at most
+    /// [`MAX_VIRTIO_DEVICES`].
+    pub fn virtio_device_count(&self) -> usize {
+        usize::from(self.vsock.is_some()) + self.network_interfaces.len() + self.fs.len()
     }
 
     fn started(&self) -> bool {
@@ -101,7 +145,109 @@ impl Vmm {
         }
         let boot_source = config.boot_source.ok_or_else(|| refuse("the configuration file has no \"boot-source\""))?;
         self.handle(VmmAction::PutBootSource(boot_source))?;
+        if let Some(vsock) = config.vsock {
+            self.handle(VmmAction::PutVsock(vsock)).map_err(|e| refuse(format!("\"vsock\": {e}")))?;
+        }
+        // Through the API a second PUT of an id replaces the first; in a
+        // file, the same id twice is a mistake that would drop a device.
+        unique_ids("network-interfaces", "iface_id", config.network_interfaces.iter().map(|n| n.iface_id.as_str()))?;
+        for net in config.network_interfaces {
+            let id = net.iface_id.clone();
+            self.handle(VmmAction::PutNetworkInterface(net))
+                .map_err(|e| refuse(format!("\"network-interfaces\" (iface_id {id:?}): {e}")))?;
+        }
+        unique_ids("fs", "fs_id", config.fs.iter().map(|f| f.fs_id.as_str()))?;
+        for fs in config.fs {
+            let id = fs.fs_id.clone();
+            self.handle(VmmAction::PutFs(fs)).map_err(|e| refuse(format!("\"fs\" (fs_id {id:?}): {e}")))?;
+        }
         self.handle(VmmAction::InstanceStart).map(|_| ())
+    }
+
+    /// Refuses a new device when the configuration already has the most the
+    /// VM can attach (one interrupt line each).
+    fn room_for(&self, what: &str) -> Result<(), VmmActionError> {
+        let count = self.virtio_device_count();
+        if count >= MAX_VIRTIO_DEVICES {
+            return Err(refuse(format!(
+                "Cannot add {what}: a microVM has at most {MAX_VIRTIO_DEVICES} virtio devices \
+                 (vsock, network interfaces and file systems together), and {count} are configured."
+            )));
+        }
+        Ok(())
+    }
+
+    fn put_vsock(&mut self, config: VsockConfig) -> VmmResponse {
+        self.pre_boot()?;
+        config.validate().map_err(|e| refuse(format!("Invalid vsock configuration: {e}")))?;
+        if self.vsock.is_none() {
+            self.room_for("the vsock device")?;
+        }
+        if config.vsock_id.is_some() {
+            tracing::warn!("PUT /vsock: vsock_id is deprecated (as in Firecracker) and ignored");
+        }
+        // As Firecracker: a second PUT replaces the device.
+        self.vsock = Some(config);
+        Ok(VmmData::Empty)
+    }
+
+    fn put_network_interface(&mut self, mut config: NetworkInterfaceConfig) -> VmmResponse {
+        self.pre_boot()?;
+        let id = config.iface_id.clone();
+        validate_id(&id).map_err(|e| refuse(format!("Invalid iface_id {id:?}: {e}")))?;
+        config.validate().map_err(|e| refuse(format!("Invalid network interface {id}: {e}")))?;
+        // Stored in canonical form, so that two spellings of one address
+        // are seen as the same and GET /vm/config writes it as Firecracker.
+        config.guest_mac = config.guest_mac_addr().map_err(refuse)?.map(|mac| mac.to_string());
+        // Firecracker's rule: no two interfaces share a TAP or a guest MAC.
+        for other in self.network_interfaces.iter().filter(|other| other.iface_id != id) {
+            if other.host_dev_name == config.host_dev_name {
+                return Err(refuse(format!(
+                    "The host device name {} is already in use by network interface {}.",
+                    config.host_dev_name, other.iface_id
+                )));
+            }
+            if let (Some(mac), Some(other_mac)) = (&config.guest_mac, &other.guest_mac) {
+                if mac == other_mac {
+                    return Err(refuse(format!(
+                        "The guest MAC address {mac} is already in use by network interface {}.",
+                        other.iface_id
+                    )));
+                }
+            }
+        }
+        match self.network_interfaces.iter().position(|other| other.iface_id == id) {
+            Some(index) => self.network_interfaces[index] = config,
+            None => {
+                self.room_for(&format!("network interface {id}"))?;
+                self.network_interfaces.push(config);
+            }
+        }
+        Ok(VmmData::Empty)
+    }
+
+    fn put_fs(&mut self, config: FsConfig) -> VmmResponse {
+        self.pre_boot()?;
+        let id = config.fs_id.clone();
+        validate_id(&id).map_err(|e| refuse(format!("Invalid fs_id {id:?}: {e}")))?;
+        config.validate().map_err(|e| refuse(format!("Invalid file system {id}: {e}")))?;
+        // The guest mounts a share by its tag: two shares with one tag would
+        // make the mount pick one of them.
+        if let Some(other) = self.fs.iter().find(|other| other.fs_id != id && other.tag == config.tag) {
+            return Err(refuse(format!(
+                "The mount tag {:?} is already used by file system {}.",
+                config.tag, other.fs_id
+            )));
+        }
+        check_shared_dir(&config.shared_dir)?;
+        match self.fs.iter().position(|other| other.fs_id == id) {
+            Some(index) => self.fs[index] = config,
+            None => {
+                self.room_for(&format!("file system {id}"))?;
+                self.fs.push(config);
+            }
+        }
+        Ok(VmmData::Empty)
     }
 
     pub fn handle(&mut self, action: VmmAction) -> VmmResponse {
@@ -119,6 +265,9 @@ impl Vmm {
                 machine_config: Some(self.machine.clone()),
                 logger: self.logger.clone(),
                 metrics: self.metrics.clone(),
+                vsock: self.vsock.clone(),
+                network_interfaces: self.network_interfaces.clone(),
+                fs: self.fs.clone(),
                 ..Default::default()
             })),
             VmmAction::PutBootSource(boot) => {
@@ -158,6 +307,9 @@ impl Vmm {
                 self.metrics = Some(config);
                 Ok(VmmData::Empty)
             }
+            VmmAction::PutVsock(config) => self.put_vsock(config),
+            VmmAction::PutNetworkInterface(config) => self.put_network_interface(config),
+            VmmAction::PutFs(config) => self.put_fs(config),
             VmmAction::FlushMetrics => {
                 crate::metrics::flush().map_err(|e| refuse(e.to_string()))?;
                 Ok(VmmData::Empty)
@@ -169,8 +321,10 @@ impl Vmm {
                     .as_ref()
                     .ok_or_else(|| refuse("Cannot start microvm without kernel configuration."))?;
                 let instance_start = Instant::now();
-                let vm = start_vm(boot, &self.machine, &self.options, self.exit.clone(), instance_start)
+                let devices = self.build_virtio_devices()?;
+                let vm = start_vm(boot, &self.machine, &self.options, devices, self.exit.clone(), instance_start)
                     .map_err(|e| refuse(format!("Failed to start the microVM: {e}")))?;
+                self.new_subscribers.extend(vm.subscribers.iter().cloned());
                 tracing::info!("InstanceStart: VM built in {} us", instance_start.elapsed().as_micros());
                 self.vm = Some(vm);
                 self.state = InstanceState::Running;
@@ -198,6 +352,32 @@ impl Vmm {
                 Ok(VmmData::Empty)
             }
         }
+    }
+
+    /// The configured virtio devices, in a fixed order (vsock, network
+    /// interfaces, shares) so each gets the same MMIO slot and IRQ on every
+    /// boot of the same configuration.
+    fn build_virtio_devices(&self) -> Result<Vec<VirtioDeviceHandle>, VmmActionError> {
+        use crate::devices::virtio::{fs::Fs, net::Net, vsock::Vsock};
+        let mut devices = Vec::with_capacity(self.virtio_device_count());
+        if let Some(config) = &self.vsock {
+            let vsock = Vsock::new(config).map_err(|e| refuse(format!("Cannot create the vsock device: {e}")))?;
+            crate::metrics::register_device("vsock".into(), vsock.metrics());
+            devices.push(VirtioDeviceHandle::new(vsock));
+        }
+        for config in &self.network_interfaces {
+            let net = Net::new(config)
+                .map_err(|e| refuse(format!("Cannot create network interface {}: {e}", config.iface_id)))?;
+            crate::metrics::register_device(format!("net_{}", config.iface_id), net.metrics());
+            devices.push(VirtioDeviceHandle::new(net));
+        }
+        for config in &self.fs {
+            // FsError names the share itself.
+            let fs = Fs::new(config).map_err(|e| refuse(format!("Cannot create the file system: {e}")))?;
+            crate::metrics::register_device(format!("fs_{}", config.fs_id), fs.metrics());
+            devices.push(VirtioDeviceHandle::new(fs));
+        }
+        Ok(devices)
     }
 
     fn serve_api(&mut self) {
@@ -258,6 +438,31 @@ impl Vmm {
 
 fn check_readable(what: &str, path: &str) -> Result<(), VmmActionError> {
     std::fs::File::open(path).map(|_| ()).map_err(|e| refuse(format!("The {what} file cannot be opened: {path}: {e}")))
+}
+
+/// The share must be a directory now; were it missing, the device would
+/// fail only at boot, far from the request that named it. (It follows
+/// symbolic links, as the device's open of the directory will.)
+fn check_shared_dir(path: &str) -> Result<(), VmmActionError> {
+    match std::fs::metadata(path) {
+        Ok(metadata) if metadata.is_dir() => Ok(()),
+        Ok(_) => Err(refuse(format!("The shared directory {path} is not a directory."))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(refuse(format!("The shared directory {path} does not exist.")))
+        }
+        Err(e) => Err(refuse(format!("The shared directory {path} cannot be inspected: {e}"))),
+    }
+}
+
+/// Refuses a config-file device list that names one id twice.
+fn unique_ids<'a>(section: &str, field: &str, ids: impl Iterator<Item = &'a str>) -> Result<(), VmmActionError> {
+    let mut seen = std::collections::HashSet::new();
+    for id in ids {
+        if !seen.insert(id) {
+            return Err(refuse(format!("\"{section}\": {field} {id:?} appears more than once")));
+        }
+    }
+    Ok(())
 }
 
 impl MutEventSubscriber for Vmm {

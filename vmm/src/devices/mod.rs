@@ -5,5 +5,6 @@ pub mod bus;
 pub mod guest_signal;
 pub mod i8042;
 pub mod serial;
+pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};
