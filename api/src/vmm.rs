@@ -20,6 +20,8 @@ use serde::de::{self, Deserializer, IgnoredAny};
 use serde::ser::{SerializeSeq, Serializer};
 use serde::{Deserialize, Serialize};
 
+use crate::devices::{FsConfig, NetworkInterfaceConfig, VsockConfig};
+
 /// vCPUs of a VM that was not given a machine configuration (as Firecracker).
 pub const DEFAULT_VCPU_COUNT: u8 = 1;
 
@@ -366,7 +368,7 @@ impl fmt::Display for ApiError {
 impl std::error::Error for ApiError {}
 
 /// A section of Firecracker's configuration for a device husk does not
-/// implement yet, whose value is one object (`"vsock": {…}`).
+/// implement yet, whose value is one object (`"balloon": {…}`).
 ///
 /// It is always absent: it serializes as `null`, as Firecracker serializes an
 /// unconfigured device, and parsing refuses any value but `null`, because
@@ -411,14 +413,17 @@ impl<'de> Deserialize<'de> for UnsupportedDeviceList {
 
 /// `GET /vm/config`, and the format of `--config-file`.
 ///
-/// The keys are Firecracker's. Unlike Firecracker, which ignores keys it does
-/// not know, a config file with an unknown top-level key is refused: a typo
-/// such as `"machine_config"` would otherwise boot a VM with the defaults.
-/// Device sections husk does not implement yet are accepted only empty
-/// (`[]`, `null` or absent) and refused with a message naming them otherwise.
+/// The keys are Firecracker's, plus husk's `"fs"` (virtio-fs shares, which
+/// Firecracker lacks). Unlike Firecracker, which ignores keys it does not
+/// know, a config file with an unknown top-level key is refused: a typo such
+/// as `"machine_config"` would otherwise boot a VM with the defaults. Device
+/// sections husk does not implement yet are accepted only empty (`[]`,
+/// `null` or absent) and refused with a message naming them otherwise.
 ///
 /// `GET /vm/config` serializes every key, unconfigured ones as `null` and
-/// device lists as `[]`, as Firecracker does.
+/// device lists as `[]`, as Firecracker does; a device list may also be
+/// given as `null` in a config file. Devices are listed in the order they
+/// were configured.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FullVmConfig {
@@ -440,14 +445,23 @@ pub struct FullVmConfig {
     pub memory_hotplug: UnsupportedDevice,
     #[serde(rename = "mmds-config", default, deserialize_with = "unsupported::mmds_config")]
     pub mmds_config: UnsupportedDevice,
-    #[serde(rename = "network-interfaces", default, deserialize_with = "unsupported::network_interfaces")]
-    pub network_interfaces: UnsupportedDeviceList,
+    #[serde(rename = "network-interfaces", default, deserialize_with = "nullable_list")]
+    pub network_interfaces: Vec<NetworkInterfaceConfig>,
     #[serde(default, deserialize_with = "unsupported::pmem")]
     pub pmem: UnsupportedDeviceList,
-    #[serde(default, deserialize_with = "unsupported::vsock")]
-    pub vsock: UnsupportedDevice,
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
     #[serde(default, deserialize_with = "unsupported::entropy")]
     pub entropy: UnsupportedDevice,
+    /// husk's extension: the virtio-fs shares (`PUT /fs/{fs_id}`).
+    #[serde(default, deserialize_with = "nullable_list")]
+    pub fs: Vec<FsConfig>,
+}
+
+/// A device list that may be written `null` for "none", as Firecracker's
+/// own tools sometimes write an empty section.
+fn nullable_list<'de, D: Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<Vec<T>, D::Error> {
+    Ok(Option::<Vec<T>>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 /// Parsers of the device sections of [`FullVmConfig`] husk does not
@@ -498,16 +512,8 @@ mod unsupported {
         device(d, "\"mmds-config\": the microVM metadata service is not supported by husk yet")
     }
 
-    pub(super) fn network_interfaces<'de, D: Deserializer<'de>>(d: D) -> Result<UnsupportedDeviceList, D::Error> {
-        list(d, "\"network-interfaces\": network interfaces are not supported by husk yet")
-    }
-
     pub(super) fn pmem<'de, D: Deserializer<'de>>(d: D) -> Result<UnsupportedDeviceList, D::Error> {
         list(d, "\"pmem\": pmem devices are not supported by husk yet")
-    }
-
-    pub(super) fn vsock<'de, D: Deserializer<'de>>(d: D) -> Result<UnsupportedDevice, D::Error> {
-        device(d, "\"vsock\": vsock devices are not supported by husk yet")
     }
 
     pub(super) fn entropy<'de, D: Deserializer<'de>>(d: D) -> Result<UnsupportedDevice, D::Error> {
@@ -520,6 +526,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::devices::FsCachePolicy;
 
     fn parse<T: for<'de> Deserialize<'de>>(text: &str) -> Result<T, String> {
         serde_json::from_str(text).map_err(|e| e.to_string())
@@ -769,7 +776,8 @@ mod tests {
                 "network-interfaces": [],
                 "pmem": [],
                 "vsock": null,
-                "entropy": null
+                "entropy": null,
+                "fs": []
             })
         );
         // What GET /vm/config returns is a valid config file.
@@ -823,9 +831,7 @@ mod tests {
                 r#"{"drives":[{"drive_id":"rootfs","path_on_host":"/r","is_root_device":true,"is_read_only":false}]}"#,
                 "\"drives\"",
             ),
-            (r#"{"network-interfaces":[{"iface_id":"eth0","host_dev_name":"tap0"}]}"#, "\"network-interfaces\""),
             (r#"{"pmem":[{"id":"p","path_on_host":"/p"}]}"#, "\"pmem\""),
-            (r#"{"vsock":{"guest_cid":3,"uds_path":"/v.sock"}}"#, "\"vsock\""),
             (r#"{"balloon":{"amount_mib":0,"deflate_on_oom":false}}"#, "\"balloon\""),
             (r#"{"entropy":{}}"#, "\"entropy\""),
             (r#"{"mmds-config":{"network_interfaces":["eth0"]}}"#, "\"mmds-config\""),
@@ -842,8 +848,73 @@ mod tests {
         assert_eq!(parse::<UnsupportedDeviceList>("[]").unwrap(), UnsupportedDeviceList);
         assert!(parse::<UnsupportedDeviceList>("[{}]").unwrap_err().contains("not supported by husk yet"));
         // Empty and null sections are fine, in every spelling.
-        let empty = r#"{"drives":null,"network-interfaces":[],"pmem":[],"vsock":null,"balloon":null}"#;
+        let empty = r#"{"drives":null,"network-interfaces":[],"pmem":[],"vsock":null,"balloon":null,"fs":[]}"#;
         assert_eq!(parse::<FullVmConfig>(empty).unwrap(), FullVmConfig::default());
+        let null_lists = r#"{"network-interfaces":null,"fs":null}"#;
+        assert_eq!(parse::<FullVmConfig>(null_lists).unwrap(), FullVmConfig::default());
+    }
+
+    #[test]
+    fn config_file_device_sections_parse_in_order() {
+        let text = r#"{
+            "vsock": {"guest_cid": 3, "uds_path": "/run/v.sock"},
+            "network-interfaces": [
+                {"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:10:00:02",
+                 "rx_rate_limiter": {"bandwidth": {"size": 1000, "one_time_burst": 10, "refill_time": 100}},
+                 "tx_rate_limiter": {"ops": {"size": 10, "refill_time": 1000}}},
+                {"iface_id": "eth1", "host_dev_name": "tap1"}
+            ],
+            "fs": [
+                {"fs_id": "root", "tag": "rootfs", "shared_dir": "/srv/root", "read_only": true, "cache": "never"},
+                {"fs_id": "data", "tag": "data", "shared_dir": "/srv/data"}
+            ]
+        }"#;
+        let config: FullVmConfig = parse(text).unwrap();
+        assert_eq!(config.vsock, Some(VsockConfig { vsock_id: None, guest_cid: 3, uds_path: "/run/v.sock".into() }));
+        let ids: Vec<&str> = config.network_interfaces.iter().map(|n| n.iface_id.as_str()).collect();
+        assert_eq!(ids, ["eth0", "eth1"]);
+        let eth0 = &config.network_interfaces[0];
+        assert_eq!(eth0.guest_mac.as_deref(), Some("06:00:ac:10:00:02"));
+        let bandwidth = eth0.rx_rate_limiter.unwrap().bandwidth.unwrap();
+        assert_eq!((bandwidth.size, bandwidth.one_time_burst, bandwidth.refill_time), (1000, Some(10), 100));
+        assert_eq!(eth0.tx_rate_limiter.unwrap().ops.unwrap().size, 10);
+        assert_eq!(config.network_interfaces[1].guest_mac, None);
+        let ids: Vec<&str> = config.fs.iter().map(|f| f.fs_id.as_str()).collect();
+        assert_eq!(ids, ["root", "data"]);
+        assert_eq!((config.fs[0].read_only, config.fs[0].cache), (true, FsCachePolicy::Never));
+        assert_eq!((config.fs[1].read_only, config.fs[1].cache), (false, FsCachePolicy::Auto));
+        // What GET /vm/config writes back is the same configuration.
+        round_trip(&config);
+        let value = serde_json::to_value(&config).unwrap();
+        assert_eq!(value["vsock"], json!({"guest_cid": 3, "uds_path": "/run/v.sock"}));
+        assert_eq!(value["network-interfaces"][1], json!({"iface_id": "eth1", "host_dev_name": "tap1"}));
+        assert_eq!(value["fs"][1]["cache"], "auto");
+
+        // Firecracker's deprecated vsock_id is accepted and kept.
+        let config: FullVmConfig = parse(r#"{"vsock":{"vsock_id":"v","guest_cid":9,"uds_path":"/v"}}"#).unwrap();
+        assert_eq!(config.vsock.unwrap().vsock_id.as_deref(), Some("v"));
+    }
+
+    #[test]
+    fn config_file_device_sections_report_errors_inside_them() {
+        for (text, expect) in [
+            (r#"{"vsock":{"guest_cid":3}}"#, "missing field `uds_path`"),
+            (r#"{"vsock":{"guest_cid":-3,"uds_path":"/v"}}"#, "invalid value"),
+            (r#"{"vsock":"/v.sock"}"#, "invalid type"),
+            (r#"{"network-interfaces":[{"iface_id":"eth0"}]}"#, "missing field `host_dev_name`"),
+            (r#"{"network-interfaces":[{"iface_id":"e","host_dev_name":"t","mtu":1500}]}"#, "unknown field `mtu`"),
+            (r#"{"network-interfaces":{"iface_id":"e","host_dev_name":"t"}}"#, "invalid type"),
+            (
+                r#"{"network-interfaces":[{"iface_id":"e","host_dev_name":"t","rx_rate_limiter":{"bytes":{}}}]}"#,
+                "unknown field `bytes`",
+            ),
+            (r#"{"fs":[{"fs_id":"r","tag":"t"}]}"#, "missing field `shared_dir`"),
+            (r#"{"fs":[{"fs_id":"r","tag":"t","shared_dir":"/","cache":"Auto"}]}"#, "unknown variant `Auto`"),
+            (r#"{"fs":{"fs_id":"r","tag":"t","shared_dir":"/"}}"#, "invalid type"),
+        ] {
+            let error = parse::<FullVmConfig>(text).unwrap_err();
+            assert!(error.contains(expect), "{text}: {error}");
+        }
     }
 
     #[test]

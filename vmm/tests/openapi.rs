@@ -1,11 +1,16 @@
 //! `api/openapi.yaml` against the implementation: every route the API server
 //! serves is documented and every documented route is served, the documented
 //! responses are Firecracker's, and each definition describes exactly the
-//! JSON the corresponding Rust type of `husk_api::vmm` reads and writes
-//! (field names, required fields, enum spellings, limits).
+//! JSON the corresponding Rust type of `husk_api::vmm` or `husk_api::devices`
+//! reads and writes (field names, required fields, enum spellings, limits),
+//! and husk's extensions are marked as such.
 
 use std::collections::BTreeSet;
 
+use husk_api::devices::{
+    FsCachePolicy, FsConfig, NetworkInterfaceConfig, RateLimiterConfig, TokenBucket, VsockConfig, FS_TAG_MAX, IFNAMSIZ,
+    MAX_ID_LEN, MIN_GUEST_CID, UNIX_PATH_MAX,
+};
 use husk_api::vmm::{
     ActionType, ApiError, BootSourceConfig, CpuTemplate, FullVmConfig, HugePages, InstanceActionInfo, InstanceInfo,
     InstanceState, LogLevel, LoggerConfig, MachineConfig, MachineConfigUpdate, MetricsConfig, Vm, VmState,
@@ -59,6 +64,20 @@ fn definition<'a>(spec: &'a Yaml, name: &str) -> &'a Yaml {
 
 fn reference_target(schema: &Yaml) -> Option<&str> {
     schema.get("$ref")?.as_str()?.strip_prefix("#/definitions/")
+}
+
+/// The names of a templated path's parameters: `["iface_id"]` for
+/// `/network-interfaces/{iface_id}`.
+fn path_parameters(path: &str) -> Vec<&str> {
+    path.split('/').filter_map(|segment| segment.strip_prefix('{')?.strip_suffix('}')).collect()
+}
+
+/// The operation's `in: body` parameter.
+fn body_parameter<'a>(what: &str, operation: &'a Yaml) -> &'a Yaml {
+    let parameters = operation["parameters"].as_sequence().unwrap_or_else(|| panic!("{what}: no parameters"));
+    let bodies: Vec<&Yaml> = parameters.iter().filter(|p| p["in"].as_str() == Some("body")).collect();
+    assert_eq!(bodies.len(), 1, "{what}: one body parameter");
+    bodies[0]
 }
 
 #[test]
@@ -130,12 +149,24 @@ fn operations_document_firecrackers_responses() {
             assert_eq!(codes, BTreeSet::from(["204".into(), "400".into(), "default".into()]), "{what}");
             assert!(response("204").get("schema").is_none(), "{what}: 204 has no body");
             assert_eq!(reference_target(&response("400")["schema"]), Some("Error"), "{what}");
-            let parameters = operation["parameters"].as_sequence().expect("a body parameter");
-            assert_eq!(parameters.len(), 1, "{what}");
-            assert_eq!(parameters[0]["in"].as_str(), Some("body"), "{what}");
-            assert_eq!(parameters[0]["required"].as_bool(), Some(true), "{what}: the body is required");
-            assert!(reference_target(&parameters[0]["schema"]).is_some(), "{what}");
+            let body = body_parameter(&what, operation);
+            assert_eq!(body["required"].as_bool(), Some(true), "{what}: the body is required");
+            assert!(reference_target(&body["schema"]).is_some(), "{what}");
         }
+        // Every {parameter} of the path is documented as a required string
+        // path parameter, and nothing else is but the body.
+        let parameters = operation.get("parameters").and_then(Yaml::as_sequence).map(Vec::as_slice).unwrap_or_default();
+        let in_path: Vec<&str> = parameters
+            .iter()
+            .filter(|p| p["in"].as_str() != Some("body"))
+            .map(|p| {
+                assert_eq!(p["in"].as_str(), Some("path"), "{what}: {p:?}");
+                assert_eq!(p["required"].as_bool(), Some(true), "{what}: {p:?}");
+                assert_eq!(p["type"].as_str(), Some("string"), "{what}: {p:?}");
+                p["name"].as_str().unwrap()
+            })
+            .collect();
+        assert_eq!(in_path, path_parameters(&path), "{what}: path parameters");
     }
 }
 
@@ -147,7 +178,7 @@ fn route_schema(spec: &Yaml, method: &str, path: &str) -> String {
         let ok = responses.iter().find(|(code, _)| key_str(code) == "200").unwrap().1;
         &ok["schema"]
     } else {
-        &operation["parameters"][0]["schema"]
+        &body_parameter(&format!("{method} {path}"), operation)["schema"]
     };
     reference_target(schema).unwrap().to_string()
 }
@@ -164,8 +195,12 @@ fn routes_use_firecrackers_definitions() {
         ("PUT", "/machine-config", "MachineConfiguration"),
         ("PATCH", "/machine-config", "PartialMachineConfiguration"),
         ("PUT", "/metrics", "Metrics"),
+        ("PUT", "/network-interfaces/{iface_id}", "NetworkInterface"),
         ("PATCH", "/vm", "Vm"),
         ("GET", "/vm/config", "FullVmConfiguration"),
+        ("PUT", "/vsock", "Vsock"),
+        // husk's extension.
+        ("PUT", "/fs/{fs_id}", "FileSystem"),
     ] {
         assert_eq!(route_schema(&spec, method, path), name, "{method} {path}");
     }
@@ -223,6 +258,27 @@ fn definitions_describe_the_rust_types() {
         json!({"app_name": "husk", "id": "vm", "state": "Not started", "vmm_version": "0.1.0"}),
     );
     check_definition::<ApiError>(&spec, "Error", json!({"fault_message": "no"}));
+    check_definition::<VsockConfig>(&spec, "Vsock", json!({"vsock_id": "v", "guest_cid": 3, "uds_path": "/v.sock"}));
+    let bucket = json!({"size": 1000, "one_time_burst": 10, "refill_time": 100});
+    check_definition::<TokenBucket>(&spec, "TokenBucket", bucket.clone());
+    let limiter = json!({"bandwidth": bucket, "ops": {"size": 10, "refill_time": 1000}});
+    check_definition::<RateLimiterConfig>(&spec, "RateLimiter", limiter.clone());
+    let net = json!({
+        "iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:10:00:02",
+        "rx_rate_limiter": limiter.clone(), "tx_rate_limiter": limiter
+    });
+    check_definition::<NetworkInterfaceConfig>(&spec, "NetworkInterface", net.clone());
+    let fs = json!({"fs_id": "root", "tag": "rootfs", "shared_dir": "/srv", "read_only": true, "cache": "never"});
+    check_definition::<FsConfig>(&spec, "FileSystem", fs.clone());
+    // Each reference to a device definition is where the Rust type has it.
+    let properties = &definition(&spec, "NetworkInterface")["properties"];
+    for limiter in ["rx_rate_limiter", "tx_rate_limiter"] {
+        assert_eq!(reference_target(&properties[limiter]), Some("RateLimiter"), "NetworkInterface.{limiter}");
+    }
+    for bucket in ["bandwidth", "ops"] {
+        let target = reference_target(&definition(&spec, "RateLimiter")["properties"][bucket]);
+        assert_eq!(target, Some("TokenBucket"), "RateLimiter.{bucket}");
+    }
 
     // GET /vm/config writes every key, so a serialized value is the sample.
     let full = FullVmConfig {
@@ -236,9 +292,16 @@ fn definitions_describe_the_rust_types() {
             module: None,
         }),
         metrics: Some(MetricsConfig { metrics_path: "/m".into() }),
+        vsock: Some(serde_json::from_value(json!({"guest_cid": 3, "uds_path": "/v.sock"})).unwrap()),
+        network_interfaces: vec![serde_json::from_value(net).unwrap()],
+        fs: vec![serde_json::from_value(fs).unwrap()],
         ..FullVmConfig::default()
     };
     check_definition::<FullVmConfig>(&spec, "FullVmConfiguration", serde_json::to_value(&full).unwrap());
+    let properties = &definition(&spec, "FullVmConfiguration")["properties"];
+    assert_eq!(reference_target(&properties["vsock"]), Some("Vsock"));
+    assert_eq!(reference_target(&properties["network-interfaces"]["items"]), Some("NetworkInterface"));
+    assert_eq!(reference_target(&properties["fs"]["items"]), Some("FileSystem"));
 }
 
 /// Checks that `values` documented for an enum are exactly `variants`'
@@ -287,6 +350,13 @@ fn enums_are_spelt_as_the_rust_types_spell_them() {
         &definition(&spec, "Logger")["properties"]["level"],
         &[LogLevel::Error, LogLevel::Warning, LogLevel::Info, LogLevel::Debug, LogLevel::Trace, LogLevel::Off],
     );
+    check_enum(
+        "FileSystem.cache",
+        &definition(&spec, "FileSystem")["properties"]["cache"],
+        &[FsCachePolicy::Never, FsCachePolicy::Auto, FsCachePolicy::Always],
+    );
+    let default = &definition(&spec, "FileSystem")["properties"]["cache"]["default"];
+    assert_eq!(default.as_str(), serde_json::to_value(FsCachePolicy::default()).unwrap().as_str());
 }
 
 #[test]
@@ -303,4 +373,50 @@ fn documented_limits_are_the_validated_limits() {
     assert!(at(MAX_VCPU_COUNT, MAX_MEM_SIZE_MIB).validate().is_ok());
     assert!(at(MAX_VCPU_COUNT + 1, 1).validate().is_err());
     assert!(at(1, MAX_MEM_SIZE_MIB + 1).validate().is_err());
+
+    let length = |schema: &Yaml| (schema["minLength"].as_u64(), schema["maxLength"].as_u64());
+    let id_length = (Some(1), Some(MAX_ID_LEN as u64));
+    for (path, name) in [("/network-interfaces/{iface_id}", "iface_id"), ("/fs/{fs_id}", "fs_id")] {
+        let parameters = spec["paths"][path]["put"]["parameters"].as_sequence().unwrap();
+        let parameter = parameters.iter().find(|p| p["name"].as_str() == Some(name)).unwrap();
+        assert_eq!(length(parameter), id_length, "{path}: {name}");
+    }
+    assert_eq!(length(&definition(&spec, "NetworkInterface")["properties"]["iface_id"]), id_length);
+    assert_eq!(length(&definition(&spec, "FileSystem")["properties"]["fs_id"]), id_length);
+    assert_eq!(
+        length(&definition(&spec, "NetworkInterface")["properties"]["host_dev_name"]),
+        (Some(1), Some(IFNAMSIZ as u64 - 1))
+    );
+    assert_eq!(length(&definition(&spec, "FileSystem")["properties"]["tag"]), (Some(1), Some(FS_TAG_MAX as u64)));
+    let vsock = &definition(&spec, "Vsock")["properties"];
+    assert_eq!(length(&vsock["uds_path"]), (Some(1), Some(UNIX_PATH_MAX as u64 - 1)));
+    assert_eq!(vsock["guest_cid"]["minimum"].as_u64(), Some(MIN_GUEST_CID));
+    assert_eq!(vsock["guest_cid"]["maximum"].as_u64(), Some(u64::from(u32::MAX)));
+    let with_cid = |guest_cid| VsockConfig { vsock_id: None, guest_cid, uds_path: "/v".into() }.validate();
+    assert!(with_cid(MIN_GUEST_CID).is_ok() && with_cid(u64::from(u32::MAX)).is_ok());
+    assert!(with_cid(MIN_GUEST_CID - 1).is_err() && with_cid(u64::from(u32::MAX) + 1).is_err());
+}
+
+/// Everything Firecracker lacks is marked `x-husk-extension: true`, and
+/// nothing else is: the marks are how a reader comparing this file with
+/// Firecracker's tells the two apart.
+#[test]
+fn husk_extensions_are_marked() {
+    let spec = spec();
+    let marked = |value: &Yaml| value.get("x-husk-extension").and_then(Yaml::as_bool) == Some(true);
+    let operations: Vec<String> = operations(&spec)
+        .into_iter()
+        .filter(|(_, _, operation)| marked(operation))
+        .map(|(method, path, _)| format!("{method} {path}"))
+        .collect();
+    assert_eq!(operations, ["PUT /fs/{fs_id}"]);
+    let definitions: Vec<String> =
+        mapping(&spec["definitions"]).iter().filter(|(_, d)| marked(d)).map(|(name, _)| key_str(name)).collect();
+    assert_eq!(definitions, ["FileSystem"]);
+    let full: Vec<String> = mapping(&definition(&spec, "FullVmConfiguration")["properties"])
+        .iter()
+        .filter(|(_, p)| marked(p))
+        .map(|(name, _)| key_str(name))
+        .collect();
+    assert_eq!(full, ["fs"]);
 }
