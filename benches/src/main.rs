@@ -1,9 +1,12 @@
 //! `husk-bench`: husk's benchmarks. Each run writes a markdown table and the
 //! raw samples as JSON under `benches/results/<date>/`.
 //!
-//!   husk-bench vmm [--runs N]   husk-vmm start-up, boot and memory overhead,
-//!                               beside QEMU's microvm on the same guest
+//!   husk-bench vmm [--runs N]      husk-vmm start-up, boot and memory overhead,
+//!                                  beside QEMU's microvm on the same guest
+//!   husk-bench devices [--runs N]  vsock, virtio-net and virtio-fs speed in a
+//!                                  microVM, beside veth and the host's own file system
 
+mod devices;
 mod stats;
 mod vmm;
 
@@ -34,6 +37,12 @@ enum Cmd {
         #[arg(long, default_value_t = 30)]
         socket_runs: usize,
     },
+    /// virtio devices: vsock and net round trips and throughput (beside a
+    /// veth pair), virtio-fs metadata ops/s and sequential reads.
+    Devices {
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
 }
 
 fn main() -> Result<()> {
@@ -42,5 +51,6 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&out)?;
     match cli.command {
         Cmd::Vmm { runs, socket_runs } => vmm::run(&out, runs, socket_runs),
+        Cmd::Devices { runs } => devices::run(&out, runs),
     }
 }

@@ -7,6 +7,10 @@
 //!   husk-device-suite vsock --vmm PATH --kernel PATH --initrd PATH
 //!   husk-device-suite fs    --vmm PATH --kernel PATH --initrd PATH
 //!   husk-device-suite net   --vmm PATH --kernel PATH --initrd PATH
+//!   husk-device-suite bench --vmm PATH --kernel PATH --initrd PATH
+//!       one `BENCH {json}` line per measurement: vsock and TCP round trips and
+//!       echo throughput, TCP over a veth pair beside it, virtio-fs metadata
+//!       ops/s and sequential reads beside the same operations on this host
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -34,6 +38,12 @@ enum Suite {
     Vsock,
     Fs,
     Net,
+    Bench,
+    /// A TCP echo server (the far end of the veth baseline).
+    #[command(hide = true)]
+    TcpEchoServer {
+        port: u16,
+    },
 }
 
 const BOOT_ARGS: &str =
@@ -285,52 +295,189 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn net_suite(setup: &Setup) -> Result<()> {
-    // A TAP on this (test) host, its end addressed 10.200.0.1/24; the guest
-    // is 10.200.0.2 behind virtio-net.
+/// Deletes a network device (TAP, veth) or namespace when dropped.
+struct Cleanup(Vec<String>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let args: Vec<&str> = self.0.iter().map(String::as_str).collect();
+        let _ = Command::new("ip").args(&args).status();
+    }
+}
+
+/// A TAP on this (test) host, its end addressed 10.200.0.1/24, and a guest
+/// at 10.200.0.2 behind virtio-net running a TCP echo on port 7000.
+fn boot_net_guest(setup: &Setup, name: &str) -> Result<(Vm, Cleanup)> {
     let tap = format!("hsktap{}", std::process::id() % 10000);
     run(Command::new("ip").args(["tuntap", "add", "dev", &tap, "mode", "tap"]))?;
-    struct TapGuard(String);
-    impl Drop for TapGuard {
-        fn drop(&mut self) {
-            let _ = Command::new("ip").args(["link", "del", &self.0]).status();
-        }
-    }
-    let _guard = TapGuard(tap.clone());
+    let cleanup = Cleanup(vec!["link".into(), "del".into(), tap.clone()]);
     run(Command::new("ip").args(["addr", "add", "10.200.0.1/24", "dev", &tap]))?;
     run(Command::new("ip").args(["link", "set", &tap, "up"]))?;
     let devices = serde_json::json!({ "network-interfaces": [{
         "iface_id": "eth0", "host_dev_name": tap, "guest_mac": "06:00:0a:c8:00:02" }] });
     let agent = format!("husk.net=10.200.0.2/24,gw=10.200.0.1 husk.run={PROBE},tcp-echo,7000");
-    let mut vm = Vm::boot(setup, "net", &agent, devices)?;
+    let mut vm = Vm::boot(setup, name, &agent, devices)?;
     vm.wait_for("tcp echo listening on port 7000")?;
+    Ok((vm, cleanup))
+}
+
+fn tcp_connect(addr: &str, what: &str) -> Result<std::net::TcpStream> {
     let started = Instant::now();
-    let stream = loop {
-        match std::net::TcpStream::connect_timeout(&"10.200.0.2:7000".parse()?, Duration::from_secs(5)) {
-            Ok(stream) => break stream,
+    loop {
+        match std::net::TcpStream::connect_timeout(&addr.parse()?, Duration::from_secs(5)) {
+            Ok(stream) => {
+                stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+                stream.set_nodelay(true)?;
+                return Ok(stream);
+            }
             Err(err) if started.elapsed() < Duration::from_secs(60) => {
-                eprintln!("connecting to the guest: {err}; retrying");
+                eprintln!("connecting to {what}: {err}; retrying");
                 std::thread::sleep(Duration::from_millis(500));
             }
-            Err(err) => bail!("cannot reach the guest over TCP: {err}\n{}", vm.console()),
+            Err(err) => bail!("cannot reach {what} over TCP: {err}"),
         }
-    };
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let bytes = 16 << 20;
-    let data = pattern(3, bytes);
-    let mut reader = stream.try_clone()?;
+    }
+}
+
+/// Echoes `bytes` of pattern `n` through a stream; returns the seconds taken.
+fn echo_through<S: Read + Write + Send + 'static>(mut stream: S, reader: S, n: usize, bytes: usize) -> Result<f64> {
+    let data = pattern(n, bytes);
     let expected = data.clone();
+    let mut reader = reader;
     let started = Instant::now();
     let checker = std::thread::spawn(move || -> Result<()> {
         let mut got = vec![0u8; expected.len()];
         reader.read_exact(&mut got)?;
-        ensure!(got == expected, "TCP echo differs");
+        ensure!(got == expected, "the echo differs from what was sent");
         Ok(())
     });
-    (&stream).write_all(&data)?;
+    stream.write_all(&data)?;
     checker.join().map_err(|_| anyhow::anyhow!("checker panicked"))??;
-    let secs = started.elapsed().as_secs_f64();
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// The median of `rounds` one-byte round trips, in µs.
+fn round_trip_us<S: Read + Write>(stream: &mut S, rounds: usize) -> Result<f64> {
+    let mut samples = Vec::with_capacity(rounds);
+    let mut byte = [0u8; 1];
+    for _ in 0..rounds {
+        let started = Instant::now();
+        stream.write_all(b"x")?;
+        stream.read_exact(&mut byte)?;
+        samples.push(started.elapsed().as_secs_f64() * 1e6);
+    }
+    samples.sort_by(f64::total_cmp);
+    Ok(samples[samples.len() / 2])
+}
+
+fn net_suite(setup: &Setup) -> Result<()> {
+    let (vm, _cleanup) = boot_net_guest(setup, "net")?;
+    let stream = tcp_connect("10.200.0.2:7000", "the guest").with_context(|| vm.console())?;
+    let secs = echo_through(stream.try_clone()?, stream, 3, 16 << 20)?;
     println!("ok: host to guest TCP echo of 16 MiB through the TAP ({:.1} MiB/s each way)", 16.0 / secs);
+    Ok(())
+}
+
+fn tcp_echo_server(port: u16) -> Result<()> {
+    let listener = std::net::TcpListener::bind(("0.0.0.0", port))?;
+    for stream in listener.incoming().flatten() {
+        std::thread::spawn(move || {
+            let mut reader = stream;
+            let mut writer = reader.try_clone().expect("clone");
+            let _ = std::io::copy(&mut reader, &mut writer);
+        });
+    }
+    Ok(())
+}
+
+fn report(name: &str, value: f64, unit: &str) {
+    println!("BENCH {}", serde_json::json!({ "name": name, "value": value, "unit": unit }));
+}
+
+const ECHO_BYTES: usize = 16 << 20;
+const ROUNDS: usize = 200;
+
+fn bench(setup: &Setup) -> Result<()> {
+    // vsock: round trips and echo throughput through the hybrid socket.
+    let uds = setup.work.join("bench.sock");
+    let devices = serde_json::json!({ "vsock": { "guest_cid": 3, "uds_path": uds } });
+    let mut vm = Vm::boot(setup, "bench-vsock", &format!("husk.run={PROBE},vsock-echo,5000"), devices)?;
+    vm.wait_for("vsock echo listening on port 5000")?;
+    report("vsock round trip", round_trip_us(&mut vsock_connect(&uds, 5000)?, ROUNDS)?, "us");
+    let stream = vsock_connect(&uds, 5000)?;
+    let secs = echo_through(stream.try_clone()?, stream, 1, ECHO_BYTES)?;
+    report("vsock echo throughput", ECHO_BYTES as f64 / secs / (1 << 20) as f64, "MiB/s");
+    drop(vm);
+
+    // virtio-net through a TAP, beside a veth pair on this host.
+    let (vm, _tap) = boot_net_guest(setup, "bench-net")?;
+    let mut stream = tcp_connect("10.200.0.2:7000", "the guest").with_context(|| vm.console())?;
+    report("virtio-net TCP round trip", round_trip_us(&mut stream, ROUNDS)?, "us");
+    let secs = echo_through(stream.try_clone()?, stream, 2, ECHO_BYTES)?;
+    report("virtio-net TCP echo throughput", ECHO_BYTES as f64 / secs / (1 << 20) as f64, "MiB/s");
+    drop(vm);
+    let ns = format!("hskns{}", std::process::id() % 10000);
+    let (outer, inner) =
+        (format!("hskva{}", std::process::id() % 10000), format!("hskvb{}", std::process::id() % 10000));
+    run(Command::new("ip").args(["netns", "add", &ns]))?;
+    let _ns = Cleanup(vec!["netns".into(), "del".into(), ns.clone()]);
+    run(Command::new("ip").args(["link", "add", &outer, "type", "veth", "peer", "name", &inner, "netns", &ns]))?;
+    let _veth = Cleanup(vec!["link".into(), "del".into(), outer.clone()]);
+    run(Command::new("ip").args(["addr", "add", "10.201.0.1/24", "dev", &outer]))?;
+    run(Command::new("ip").args(["link", "set", &outer, "up"]))?;
+    run(Command::new("ip").args(["-n", &ns, "addr", "add", "10.201.0.2/24", "dev", &inner]))?;
+    run(Command::new("ip").args(["-n", &ns, "link", "set", &inner, "up"]))?;
+    run(Command::new("ip").args(["-n", &ns, "link", "set", "lo", "up"]))?;
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", &ns])
+        .arg(std::env::current_exe()?)
+        .args(["tcp-echo-server", "7001"])
+        .spawn()?;
+    let result = (|| -> Result<()> {
+        let mut stream = tcp_connect("10.201.0.2:7001", "the veth peer")?;
+        report("veth TCP round trip", round_trip_us(&mut stream, ROUNDS)?, "us");
+        let secs = echo_through(stream.try_clone()?, stream, 2, ECHO_BYTES)?;
+        report("veth TCP echo throughput", ECHO_BYTES as f64 / secs / (1 << 20) as f64, "MiB/s");
+        Ok(())
+    })();
+    let _ = server.kill();
+    let _ = server.wait();
+    result?;
+
+    // virtio-fs: measured in the guest, beside the same operations here.
+    let share = setup.work.join("bench-share");
+    std::fs::create_dir_all(&share)?;
+    std::fs::write(share.join("big.bin"), pattern(5, 64 << 20))?;
+    let files = 300;
+    let devices = serde_json::json!({ "fs": [{ "fs_id": "bench", "tag": "bench", "shared_dir": share }] });
+    let agent = format!("husk.mount=bench:/mnt/bench husk.run={PROBE},fs-bench,/mnt/bench,{files}");
+    let mut vm = Vm::boot(setup, "bench-fs", &agent, devices)?;
+    let code = vm.wait_exit()?;
+    let console = vm.console();
+    ensure!(
+        code == 0,
+        "fs-bench failed in the guest (VMM exit {code}):
+{console}"
+    );
+    let line = console.lines().find_map(|l| l.find(r#"{"bench""#).map(|i| &l[i..])).context("no fs-bench line")?;
+    let measured: serde_json::Value = serde_json::from_str(line.trim())?;
+    report("virtio-fs metadata ops", measured["bench"]["fs_metadata_ops_per_s"].as_f64().unwrap_or(0.0), "ops/s");
+    report("virtio-fs sequential read", measured["bench"]["fs_seq_read_mib_per_s"].as_f64().unwrap_or(0.0), "MiB/s");
+    let started = Instant::now();
+    for i in 0..files {
+        let path = share.join(format!("meta-{i}"));
+        std::fs::write(&path, b"")?;
+        std::fs::metadata(&path)?;
+        std::fs::remove_file(&path)?;
+    }
+    report("test host metadata ops (same directory)", (3 * files) as f64 / started.elapsed().as_secs_f64(), "ops/s");
+    let started = Instant::now();
+    let bytes = std::fs::read(share.join("big.bin"))?.len();
+    report(
+        "test host sequential read (same file, page cache)",
+        bytes as f64 / started.elapsed().as_secs_f64() / (1 << 20) as f64,
+        "MiB/s",
+    );
     Ok(())
 }
 
@@ -348,6 +495,8 @@ fn main() -> Result<()> {
         Suite::Vsock => vsock_suite(&setup),
         Suite::Fs => fs_suite(&setup),
         Suite::Net => net_suite(&setup),
+        Suite::Bench => bench(&setup),
+        Suite::TcpEchoServer { port } => tcp_echo_server(port),
     };
     let _ = std::fs::remove_dir_all(&setup.work);
     result

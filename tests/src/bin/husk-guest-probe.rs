@@ -8,6 +8,8 @@
 //!   tcp-echo PORT                         echo every TCP connection to PORT
 //!   fs-check DIR                          file-system operations in DIR
 //!   fs-readonly DIR                       writes in DIR must fail with EROFS
+//!   fs-bench DIR FILES                    metadata ops/s (create, stat, unlink FILES
+//!                                         files) and sequential read MiB/s of DIR/big.bin
 
 use std::io::{self, Read, Write};
 use std::os::fd::FromRawFd;
@@ -26,6 +28,7 @@ fn main() -> ExitCode {
         "tcp-echo" => tcp_echo(number(1) as u16),
         "fs-check" => fs_check(Path::new(arg(1))),
         "fs-readonly" => fs_readonly(Path::new(arg(1))),
+        "fs-bench" => fs_bench(Path::new(arg(1)), number(2) as usize),
         other => Err(io::Error::other(format!("unknown command {other:?}"))),
     };
     match result {
@@ -204,5 +207,33 @@ fn fs_readonly(dir: &Path) -> io::Result<()> {
     check(refused(std::fs::remove_file(dir.join("from-host.txt"))), "unlink refused with EROFS")?;
     check(refused(std::fs::create_dir(dir.join("d"))), "mkdir refused with EROFS")?;
     println!("husk-guest-probe: fs-readonly done");
+    Ok(())
+}
+
+/// Prints one JSON line of measurements: `{"bench": {...}}`.
+fn fs_bench(dir: &Path, files: usize) -> io::Result<()> {
+    let started = std::time::Instant::now();
+    for i in 0..files {
+        let path = dir.join(format!("meta-{i}"));
+        std::fs::write(&path, b"")?;
+        std::fs::metadata(&path)?;
+        std::fs::remove_file(&path)?;
+    }
+    let ops_per_s = (3 * files) as f64 / started.elapsed().as_secs_f64();
+    // Read from the host, not from the guest's page cache.
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", b"3");
+    let started = std::time::Instant::now();
+    let mut file = std::fs::File::open(dir.join("big.bin"))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0usize;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    let mib_per_s = total as f64 / started.elapsed().as_secs_f64() / (1 << 20) as f64;
+    println!("{{\"bench\": {{\"fs_metadata_ops_per_s\": {ops_per_s:.1}, \"fs_seq_read_mib_per_s\": {mib_per_s:.1}, \"fs_read_bytes\": {total}}}}}");
     Ok(())
 }
