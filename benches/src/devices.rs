@@ -16,7 +16,7 @@ use husk_tests::paths;
 use husk_tests::protocol::RunRequest;
 use husk_tests::testhost::TestHost;
 
-use crate::stats::Series;
+use crate::stats::{markdown_table, Series};
 
 pub fn run(out: &Path, runs: usize) -> Result<()> {
     let vmm = std::env::var_os("HUSK_VMM_BIN")
@@ -76,20 +76,7 @@ pub fn run(out: &Path, runs: usize) -> Result<()> {
         info.kernel,
         info.kvm
     )?;
-    writeln!(table, "| measurement | median | p90 | samples |\n|---|---:|---:|---:|")?;
-    for name in &order {
-        let s = &series[name];
-        writeln!(
-            table,
-            "| {} | {:.1} {} | {:.1} {} | {} |",
-            s.name,
-            s.median(),
-            s.unit,
-            s.p90(),
-            s.unit,
-            s.samples.len()
-        )?;
-    }
+    table.push_str(&markdown_table(order.iter().map(|n| &series[n]), 1));
     let ratio = |a: &str, b: &str| series.get(a).zip(series.get(b)).map(|(a, b)| a.median() / b.median());
     if let Some(r) = ratio("virtio-net TCP echo throughput", "veth TCP echo throughput") {
         writeln!(table, "\nvirtio-net TCP echo throughput / veth: {r:.2}.")?;

@@ -45,6 +45,24 @@ impl Series {
     }
 }
 
+/// A markdown table of the series' medians and p90s, `decimals` places.
+pub fn markdown_table<'a>(series: impl IntoIterator<Item = &'a Series>, decimals: usize) -> String {
+    let mut table = String::from("| measurement | median | p90 | samples |\n|---|---:|---:|---:|\n");
+    for s in series {
+        table.push_str(&format!(
+            "| {} | {:.prec$} {} | {:.prec$} {} | {} |\n",
+            s.name,
+            s.median(),
+            s.unit,
+            s.p90(),
+            s.unit,
+            s.samples.len(),
+            prec = decimals
+        ));
+    }
+    table
+}
+
 pub fn utc_date() -> String {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     // Days since the epoch to a civil date (Howard Hinnant's algorithm).

@@ -23,7 +23,7 @@ use husk_tests::protocol::RunRequest;
 use husk_tests::reference_vmm::qemu_microvm;
 use husk_tests::testhost::{RunOutput, TestHost};
 
-use crate::stats::Series;
+use crate::stats::{markdown_table, Series};
 
 const BOOT_ARGS: &str =
     "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd quiet nowatchdog nosoftlockup";
@@ -196,19 +196,7 @@ pub fn run(out: &Path, runs: usize, socket_runs: usize) -> Result<()> {
         info.kvm,
         husk_tests::kvm::KvmFlavour::detect().name()
     )?;
-    writeln!(table, "| measurement | median | p90 | samples |\n|---|---:|---:|---:|")?;
-    for s in series {
-        writeln!(
-            table,
-            "| {} | {:.2} {} | {:.2} {} | {} |",
-            s.name,
-            s.median(),
-            s.unit,
-            s.p90(),
-            s.unit,
-            s.samples.len()
-        )?;
-    }
+    table.push_str(&markdown_table(series, 2));
     writeln!(
         table,
         "\nRatios (median): guest kernel start → ready, husk-vmm / QEMU microvm = {:.2}; whole run, husk-vmm / QEMU microvm = {:.2}.",

@@ -50,16 +50,7 @@ pub struct AgentOptions {
 }
 
 fn parse_mac(text: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = text.split(':');
-    for byte in &mut mac {
-        let part = parts.next()?;
-        if part.len() != 2 {
-            return None;
-        }
-        *byte = u8::from_str_radix(part, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
+    text.parse::<husk_api::devices::MacAddr>().ok().map(|mac| mac.0)
 }
 
 fn parse_mount(value: &str) -> Option<MountRequest> {

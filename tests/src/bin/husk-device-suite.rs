@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::{Parser, Subcommand};
+use husk_tests::data::pattern;
 
 #[derive(Parser)]
 struct Cli {
@@ -50,19 +51,6 @@ const BOOT_ARGS: &str =
     "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd quiet nowatchdog nosoftlockup";
 const PROBE: &str = "/bin/husk-guest-probe";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
-
-/// Deterministic bytes (the probe's `pattern`).
-fn pattern(stream: usize, len: usize) -> Vec<u8> {
-    let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ stream as u64;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
 
 struct Setup {
     vmm: PathBuf,

@@ -18,6 +18,8 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::ExitCode;
 
+use husk_tests::data::pattern;
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or_default();
@@ -38,19 +40,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Deterministic bytes, so both ends can check a stream without sharing it.
-pub fn pattern(stream: usize, len: usize) -> Vec<u8> {
-    let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ stream as u64;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
 }
 
 fn vsock_socket() -> io::Result<i32> {

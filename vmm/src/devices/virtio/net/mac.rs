@@ -28,19 +28,8 @@ impl MacAddr {
     /// all-zero address is refused: Linux ignores such a MAC and makes up
     /// its own, so the configuration would silently not apply.
     pub fn parse(text: &str) -> Result<Self, MacError> {
-        let syntax = || MacError::Syntax(text.to_string());
-        let mut bytes = [0u8; MAC_LEN];
-        let mut parts = text.split(':');
-        for byte in &mut bytes {
-            let part = parts.next().ok_or_else(syntax)?;
-            if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(syntax());
-            }
-            *byte = u8::from_str_radix(part, 16).map_err(|_| syntax())?;
-        }
-        if parts.next().is_some() {
-            return Err(syntax());
-        }
+        let parsed: husk_api::devices::MacAddr = text.parse().map_err(|_| MacError::Syntax(text.to_string()))?;
+        let bytes = parsed.0;
         if bytes[0] & 0x01 != 0 {
             return Err(MacError::Multicast(text.to_string()));
         }
