@@ -173,6 +173,13 @@ fn vsock_suite(setup: &Setup) -> Result<()> {
     echo_check(vsock_connect(&uds, 5000)?, 0, 4096)?;
     println!("ok: host to guest echo");
 
+    let mut agent = vsock_connect(&uds, husk_api::agent_channel::AGENT_VSOCK_PORT)?;
+    agent.write_all(b"PING\n")?;
+    let mut answer = String::new();
+    BufReader::new(agent).read_line(&mut answer)?;
+    ensure!(answer.starts_with("PONG ") && answer.ends_with('\n'), "the agent answered {answer:?}");
+    println!("ok: the agent answers PING on vsock port {}", husk_api::agent_channel::AGENT_VSOCK_PORT);
+
     let streams = 16;
     let per_stream = 4 << 20;
     let started = Instant::now();
@@ -235,7 +242,17 @@ fn vsock_suite(setup: &Setup) -> Result<()> {
 }
 
 fn fs_suite(setup: &Setup) -> Result<()> {
-    let share = setup.work.join("share");
+    // Not under /tmp: the test host's tmpfs (Linux 6.1) has no user.*
+    // xattrs, and the share must support what the guest is asked to do.
+    let scratch = husk_tests::paths::artifacts_dir().join(format!("testhost/scratch/fs-suite-{}", std::process::id()));
+    struct RemoveDir(PathBuf);
+    impl Drop for RemoveDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _scratch = RemoveDir(scratch.clone());
+    let share = scratch.join("share");
     std::fs::create_dir_all(&share)?;
     std::fs::write(share.join("from-host.txt"), b"written on the host\n")?;
     let devices = serde_json::json!({ "fs": [{ "fs_id": "share", "tag": "share", "shared_dir": share }] });
@@ -257,9 +274,29 @@ fn fs_suite(setup: &Setup) -> Result<()> {
     ensure!(std::fs::read_link(share.join("link"))? == Path::new("renamed.txt"), "the symlink is seen on the host");
     ensure!(std::fs::read(share.join("big.bin"))? == pattern(7, 8 << 20), "the 8 MiB file is intact on the host");
     ensure!(!share.join("from-guest.txt").exists(), "the renamed file is gone on the host");
-    println!("ok: guest file operations seen on the host");
+    let xattr =
+        Command::new("getfattr").args(["--only-values", "-n", "user.husk"]).arg(share.join("renamed.txt")).output();
+    match xattr {
+        Ok(out) => ensure!(out.stdout == b"from the guest", "the xattr is seen on the host: {out:?}"),
+        Err(_) => {
+            // No getfattr on this host: read it with the syscall.
+            let path = std::ffi::CString::new(share.join("renamed.txt").as_os_str().as_encoded_bytes())?;
+            let mut value = [0u8; 64];
+            // SAFETY: valid C strings and a buffer of the given length.
+            let n =
+                unsafe { libc::getxattr(path.as_ptr(), c"user.husk".as_ptr(), value.as_mut_ptr().cast(), value.len()) };
+            ensure!(n == 14 && &value[..14] == b"from the guest", "the xattr is seen on the host");
+        }
+    }
+    let link = share.join("abs-link");
+    ensure!(
+        std::fs::symlink_metadata(&link)?.file_type().is_symlink()
+            && std::fs::read_link(&link)? == Path::new("/etc/hostname"),
+        "the guest's absolute symlink is a plain symlink in the share"
+    );
+    println!("ok: guest file operations (incl. xattr, hard and symbolic links) seen on the host");
 
-    let ro = setup.work.join("ro-share");
+    let ro = scratch.join("ro-share");
     std::fs::create_dir_all(&ro)?;
     std::fs::write(ro.join("from-host.txt"), b"written on the host\n")?;
     let devices = serde_json::json!({ "fs": [{ "fs_id": "ro", "tag": "ro", "shared_dir": ro, "read_only": true }] });
@@ -358,7 +395,20 @@ fn round_trip_us<S: Read + Write>(stream: &mut S, rounds: usize) -> Result<f64> 
     Ok(samples[samples.len() / 2])
 }
 
+/// The net suite runs in a network namespace it makes: the TAP, the VMM
+/// and the TCP client all live there, and nothing touches the test host's
+/// own network.
 fn net_suite(setup: &Setup) -> Result<()> {
+    if std::env::var_os("HUSK_NET_SUITE_INSIDE").is_none() {
+        let ns = format!("hsknet{}", std::process::id() % 10000);
+        run(Command::new("ip").args(["netns", "add", &ns]))?;
+        let _ns = Cleanup(vec!["netns".into(), "del".into(), ns.clone()]);
+        run(Command::new("ip").args(["-n", &ns, "link", "set", "lo", "up"]))?;
+        let mut inner = Command::new("ip");
+        inner.args(["netns", "exec", &ns]).arg(std::env::current_exe()?).arg("net");
+        inner.arg("--vmm").arg(&setup.vmm).arg("--kernel").arg(&setup.kernel).arg("--initrd").arg(&setup.initrd);
+        return run(inner.env("HUSK_NET_SUITE_INSIDE", &ns));
+    }
     let (vm, _cleanup) = boot_net_guest(setup, "net")?;
     let stream = tcp_connect("10.200.0.2:7000", "the guest").with_context(|| vm.console())?;
     let secs = echo_through(stream.try_clone()?, stream, 3, 16 << 20)?;
@@ -422,6 +472,10 @@ fn bench(setup: &Setup) -> Result<()> {
         .args(["tcp-echo-server", "7001"])
         .spawn()?;
     let result = (|| -> Result<()> {
+        std::thread::sleep(Duration::from_millis(200));
+        if let Some(status) = server.try_wait()? {
+            bail!("the veth echo server exited at once ({status})");
+        }
         let mut stream = tcp_connect("10.201.0.2:7001", "the veth peer")?;
         report("veth TCP round trip", round_trip_us(&mut stream, ROUNDS)?, "us");
         let secs = echo_through(stream.try_clone()?, stream, 2, ECHO_BYTES)?;

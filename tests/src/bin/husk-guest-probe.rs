@@ -179,12 +179,30 @@ fn fs_check(dir: &Path) -> io::Result<()> {
     let big = pattern(7, 8 << 20);
     std::fs::write(dir.join("big.bin"), &big)?;
     check(std::fs::read(dir.join("big.bin"))? == big, "8 MiB file round trip")?;
+    // Extended attributes, checked again from the host.
+    let path = std::ffi::CString::new(dir.join("renamed.txt").as_os_str().as_encoded_bytes()).unwrap();
+    let (name, value) = (c"user.husk", b"from the guest");
+    // SAFETY: valid C strings and a value buffer of the given length.
+    let rc = unsafe { libc::setxattr(path.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    check(rc == 0, "setxattr user.husk")?;
+    let mut read_back = [0u8; 64];
+    // SAFETY: as above, into a buffer of the given length.
+    let n = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), read_back.as_mut_ptr().cast(), read_back.len()) };
+    check(n == value.len() as isize && &read_back[..value.len()] == value, "getxattr user.husk")?;
     // The host's file, seen from here.
     check(std::fs::read(dir.join("from-host.txt"))? == b"written on the host\n", "read a host file")?;
-    // Escapes stay inside the share.
-    let parent = std::fs::read_dir(dir.join(".."))?.count();
-    println!("husk-guest-probe: entries in the share's parent as the guest sees it: {parent}");
+    // Escapes stay inside the share: `..` of the mount point is the guest's
+    // own directory, and a symlink to an absolute path resolves in the
+    // guest (whose initramfs has no /etc/hostname), not on the host.
+    let parent: Vec<_> = std::fs::read_dir(dir.join(".."))?.flatten().map(|e| e.file_name()).collect();
+    let share_name = dir.file_name().unwrap_or_default().to_owned();
+    check(parent == vec![share_name], "`..` of the share is the guest's mount directory")?;
     std::os::unix::fs::symlink("/etc/hostname", dir.join("abs-link"))?;
+    let followed = std::fs::read(dir.join("abs-link"));
+    check(
+        matches!(followed, Err(ref e) if e.kind() == io::ErrorKind::NotFound),
+        "an absolute symlink stays in the guest",
+    )?;
     println!("husk-guest-probe: fs-check done");
     Ok(())
 }
