@@ -316,10 +316,21 @@ pub struct FsConfig {
     pub read_only: bool,
     #[serde(default)]
     pub cache: FsCachePolicy,
+    /// The size of the DAX window in MiB: a range of guest-physical
+    /// addresses the guest maps files of the share into (FUSE DAX, mount
+    /// option `dax`). Absent: no DAX window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dax_window_mib: Option<u32>,
 }
 
 /// virtio-fs's config space holds the tag in 36 bytes.
 pub const FS_TAG_MAX: usize = 36;
+
+/// The largest DAX window, in MiB.
+pub const FS_DAX_WINDOW_MAX_MIB: u32 = 4096;
+/// The guest maps files into the window 2 MiB at a time, so its size is a
+/// multiple of 2 MiB.
+pub const FS_DAX_WINDOW_ALIGN_MIB: u32 = 2;
 
 impl FsConfig {
     pub fn validate(&self) -> Result<(), String> {
@@ -328,6 +339,14 @@ impl FsConfig {
         }
         if self.shared_dir.is_empty() {
             return Err("shared_dir must not be empty".into());
+        }
+        if let Some(mib) = self.dax_window_mib {
+            if mib == 0 || mib > FS_DAX_WINDOW_MAX_MIB || !mib.is_multiple_of(FS_DAX_WINDOW_ALIGN_MIB) {
+                return Err(format!(
+                    "dax_window_mib must be a multiple of {FS_DAX_WINDOW_ALIGN_MIB} from {FS_DAX_WINDOW_ALIGN_MIB} \
+                     to {FS_DAX_WINDOW_MAX_MIB}, got {mib}"
+                ));
+            }
         }
         Ok(())
     }
@@ -349,8 +368,15 @@ mod tests {
     #[test]
     fn fs_defaults_and_tag_limits() {
         let fs: FsConfig = serde_json::from_str(r#"{"fs_id": "root", "tag": "rootfs", "shared_dir": "/srv"}"#).unwrap();
-        assert_eq!((fs.read_only, fs.cache), (false, FsCachePolicy::Auto));
+        assert_eq!((fs.read_only, fs.cache, fs.dax_window_mib), (false, FsCachePolicy::Auto, None));
         assert!(fs.validate().is_ok());
+        assert!(!serde_json::to_string(&fs).unwrap().contains("dax"), "no DAX window is not serialized");
+        for ok in [2, 64, 4096] {
+            assert!(FsConfig { dax_window_mib: Some(ok), ..fs.clone() }.validate().is_ok(), "{ok}");
+        }
+        for bad in [0, 1, 3, 4097, 4098, u32::MAX] {
+            assert!(FsConfig { dax_window_mib: Some(bad), ..fs.clone() }.validate().is_err(), "{bad}");
+        }
         assert!(FsConfig { tag: "x".repeat(37), ..fs.clone() }.validate().is_err());
         assert!(
             serde_json::from_str::<FsConfig>(r#"{"fs_id": "r", "tag": "t", "shared_dir": "/", "dax": true}"#).is_err()

@@ -17,12 +17,15 @@ pub enum ReadyAction {
     PowerOff,
 }
 
-/// `husk.mount=TAG:PATH[:ro]`: a virtio-fs share to mount before ready.
+/// `husk.mount=TAG:PATH[:ro][:dax]`: a virtio-fs share to mount before
+/// ready; `dax` maps its files through the device's DAX window (the mount
+/// fails if the device has none).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MountRequest {
     pub tag: String,
     pub path: String,
     pub read_only: bool,
+    pub dax: bool,
 }
 
 /// `husk.net=ADDR/PREFIX[,gw=GATEWAY][,mac=MAC]`: eth0's IPv4 setup.
@@ -57,12 +60,19 @@ fn parse_mount(value: &str) -> Option<MountRequest> {
     let mut parts = value.split(':');
     let tag = parts.next().filter(|t| !t.is_empty())?.to_owned();
     let path = parts.next().filter(|p| p.starts_with('/'))?.to_owned();
-    let read_only = match parts.next() {
-        None => false,
-        Some("ro") => true,
-        Some(_) => return None,
-    };
-    parts.next().is_none().then_some(MountRequest { tag, path, read_only })
+    let mut request = MountRequest { tag, path, read_only: false, dax: false };
+    // Each flag at most once, in any order.
+    for flag in parts {
+        let seen = match flag {
+            "ro" => std::mem::replace(&mut request.read_only, true),
+            "dax" => std::mem::replace(&mut request.dax, true),
+            _ => return None,
+        };
+        if seen {
+            return None;
+        }
+    }
+    Some(request)
 }
 
 fn parse_net(value: &str) -> Option<NetRequest> {
@@ -108,9 +118,9 @@ impl AgentOptions {
                         _ => return Err(bad("ready_action is wait or poweroff")),
                     }
                 }
-                "mount" => {
-                    options.mounts.push(parse_mount(value).ok_or_else(|| bad("mount is TAG:/PATH or TAG:/PATH:ro"))?)
-                }
+                "mount" => options
+                    .mounts
+                    .push(parse_mount(value).ok_or_else(|| bad("mount is TAG:/PATH with optional :ro and :dax"))?),
                 "net" => {
                     options.net =
                         Some(parse_net(value).ok_or_else(|| {
@@ -147,15 +157,17 @@ mod tests {
     #[test]
     fn reads_mounts_network_and_run() {
         let options = AgentOptions::parse(
-            "husk.mount=rootfs:/run/rootfs:ro husk.mount=vol:/data husk.net=10.0.0.2/24,gw=10.0.0.1,mac=06:00:0a:00:00:02 \
+            "husk.mount=rootfs:/run/rootfs:ro husk.mount=vol:/data husk.mount=d:/d:dax husk.mount=rd:/rd:dax:ro husk.net=10.0.0.2/24,gw=10.0.0.1,mac=06:00:0a:00:00:02 \
              husk.run=/test/check",
         )
         .unwrap();
         assert_eq!(
             options.mounts,
             vec![
-                MountRequest { tag: "rootfs".into(), path: "/run/rootfs".into(), read_only: true },
-                MountRequest { tag: "vol".into(), path: "/data".into(), read_only: false },
+                MountRequest { tag: "rootfs".into(), path: "/run/rootfs".into(), read_only: true, dax: false },
+                MountRequest { tag: "vol".into(), path: "/data".into(), read_only: false, dax: false },
+                MountRequest { tag: "d".into(), path: "/d".into(), read_only: false, dax: true },
+                MountRequest { tag: "rd".into(), path: "/rd".into(), read_only: true, dax: true },
             ]
         );
         let net = options.net.unwrap();
@@ -176,6 +188,10 @@ mod tests {
             "husk.mount=tag",
             "husk.mount=tag:relative",
             "husk.mount=tag:/p:rw",
+            "husk.mount=tag:/p:ro:ro",
+            "husk.mount=tag:/p:dax:dax",
+            "husk.mount=tag:/p:ro:dax:x",
+            "husk.mount=tag:/p:",
             "husk.net=10.0.0.2",
             "husk.net=10.0.0.2/33",
             "husk.net=10.0.0.2/24,gw=nope",

@@ -960,6 +960,7 @@ mod tests {
                 shared_dir: "/srv".into(),
                 read_only: true,
                 cache: FsCachePolicy::Never,
+                dax_window_mib: None,
             })
         );
         assert_eq!(

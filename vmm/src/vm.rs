@@ -25,7 +25,8 @@ use crate::boot::{build_cmdline, load_guest};
 use crate::devices::guest_signal::GuestSignalDevice;
 use crate::devices::i8042::{I8042Device, I8042_BASE, I8042_LEN};
 use crate::devices::serial::{SerialDevice, SerialOut, COM1_BASE, COM1_LEN};
-use crate::devices::virtio::mmio::{MmioTransport, MMIO_SLOT_SIZE, QUEUE_NOTIFY_OFFSET};
+use crate::devices::virtio::mmio::{MmioTransport, ShmLayout, MMIO_SLOT_SIZE, QUEUE_NOTIFY_OFFSET};
+use crate::devices::virtio::shm::ShmMapping;
 use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
 use crate::devices::Bus;
 use crate::vcpu::{Vcpu, VcpuControl};
@@ -43,6 +44,28 @@ pub const VIRTIO_MMIO_START: u64 = GUEST_SIGNAL_MMIO_BASE + GUEST_SIGNAL_MMIO_SI
 /// (up to the IOAPIC's 23).
 pub const VIRTIO_FIRST_IRQ: u32 = 5;
 pub const MAX_VIRTIO_DEVICES: usize = 23 - VIRTIO_FIRST_IRQ as usize + 1;
+
+/// Devices' shared memory regions (the virtio-fs DAX window) start at a
+/// multiple of this, above all RAM and above 4 GiB: never in RAM, never in
+/// the MMIO gap below 4 GiB.
+pub const SHM_REGION_ALIGN: u64 = 1 << 30;
+const FOUR_GIB: u64 = 1 << 32;
+
+/// Where shared memory regions of `sizes` bytes go, one after the other,
+/// each at the next [`SHM_REGION_ALIGN`]ed address from `ram_end` (the
+/// first address after RAM) or 4 GiB, whichever is higher.
+pub fn shm_region_bases(ram_end: u64, sizes: &[u64]) -> Option<Vec<u64>> {
+    let align = |addr: u64| addr.checked_next_multiple_of(SHM_REGION_ALIGN);
+    let mut next = align(ram_end.max(FOUR_GIB))?;
+    sizes
+        .iter()
+        .map(|&size| {
+            let base = next;
+            next = align(base.checked_add(size)?)?;
+            Some(base)
+        })
+        .collect()
+}
 
 /// A virtio device to attach: the same object seen by the transport (on
 /// vCPU threads) and by the event loop (where its queues are processed).
@@ -114,6 +137,9 @@ pub struct RunningVm {
     pub subscribers: Vec<Arc<Mutex<dyn event_manager::MutEventSubscriber + Send>>>,
     _vm: VmFd,
     _kvm: Kvm,
+    /// The devices' shared memory regions, memory slots of `_vm`: dropped
+    /// after it.
+    _shm_mappings: Vec<Arc<ShmMapping>>,
 }
 
 impl RunningVm {
@@ -174,12 +200,45 @@ pub fn start_vm(
     let mut mmio_bus = Bus::default();
     let bus_err = |e: crate::devices::BusError| VmError::Device(e.to_string());
     let mut subscribers = Vec::with_capacity(virtio_devices.len());
-    for (slot, handle) in virtio_devices.into_iter().enumerate() {
+    // The devices' shared memory regions, placed above RAM, each its own
+    // memory slot after the RAM slots.
+    let shm_regions: Vec<_> =
+        virtio_devices.iter().map(|handle| handle.device.lock().expect("device lock").shm_region()).collect();
+    let shm_sizes: Vec<u64> = shm_regions.iter().flatten().map(|region| region.mapping.size()).collect();
+    let ram_end = memory.last_addr().0 + 1;
+    let mut shm_bases = shm_region_bases(ram_end, &shm_sizes)
+        .ok_or_else(|| VmError::Device("the devices' shared memory regions do not fit the address space".into()))?
+        .into_iter();
+    let mut shm_mappings = Vec::new();
+    for (slot, (handle, shm_region)) in virtio_devices.into_iter().zip(shm_regions).enumerate() {
         let base = VIRTIO_MMIO_START + slot as u64 * MMIO_SLOT_SIZE;
         let gsi = VIRTIO_FIRST_IRQ + slot as u32;
         let interrupt = Arc::new(VirtioInterrupt::new(irq(gsi)?));
-        let transport = MmioTransport::new(memory.clone(), handle.device, interrupt)
+        let mut transport = MmioTransport::new(memory.clone(), handle.device, interrupt)
             .map_err(|e| VmError::Device(format!("virtio-mmio transport: {e}")))?;
+        if let Some(region) = shm_region {
+            let guest_base = shm_bases.next().expect("one base per region");
+            let kvm_slot = (memory.num_regions() + shm_mappings.len()) as u32;
+            let len = region.mapping.size();
+            let memory_region = kvm_userspace_memory_region {
+                slot: kvm_slot,
+                flags: 0,
+                guest_phys_addr: guest_base,
+                memory_size: len,
+                userspace_addr: region.mapping.host_addr(),
+            };
+            // SAFETY: the host range is the mapping's reservation, kept
+            // alive by RunningVm for longer than the VM fd.
+            unsafe { vm.set_user_memory_region(memory_region) }
+                .map_err(kvm_err(format!("KVM_SET_USER_MEMORY_REGION slot {kvm_slot} (virtio device {slot})")))?;
+            tracing::info!(
+                "virtio device {slot}: shared memory region {} at {guest_base:#x}, {} MiB",
+                region.id,
+                len >> 20
+            );
+            transport.set_shm_region(ShmLayout { id: region.id, guest_base, len });
+            shm_mappings.push(region.mapping);
+        }
         for (queue, evt) in transport.queue_events().iter().enumerate() {
             let address = kvm_ioctls::IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET);
             vm.register_ioevent(evt, &address, queue as u32)
@@ -259,7 +318,17 @@ pub fn start_vm(
         EntryPoint::Linux64 { entry, .. } => tracing::info!("booting through the 64-bit entry at {:#x}", entry.0),
     }
     let vcpu_threads = vcpus.into_iter().map(Vcpu::start).collect::<Result<Vec<_>, _>>().map_err(VmError::Thread)?;
-    Ok(RunningVm { vcpu_threads, control, serial, i8042, memory, subscribers, _vm: vm, _kvm: kvm })
+    Ok(RunningVm {
+        vcpu_threads,
+        control,
+        serial,
+        i8042,
+        memory,
+        subscribers,
+        _vm: vm,
+        _kvm: kvm,
+        _shm_mappings: shm_mappings,
+    })
 }
 
 fn create_memory(mib: usize, memfd: bool) -> Result<GuestMemoryMmap, VmError> {
@@ -323,4 +392,26 @@ fn register_memory(vm: &VmFd, memory: &GuestMemoryMmap, dirty_log: bool) -> Resu
             .map_err(kvm_err(format!("KVM_SET_USER_MEMORY_REGION slot {slot}")))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    #[test]
+    fn shared_memory_regions_go_above_ram_and_4_gib_aligned_to_1_gib() {
+        // Small guests: at 4 GiB, clear of the MMIO gap.
+        assert_eq!(shm_region_bases(256 << 20, &[64 << 20]), Some(vec![4 * GIB]));
+        // RAM past 4 GiB: the next GiB after it; regions one after another.
+        assert_eq!(
+            shm_region_bases(4 * GIB + (512 << 20), &[2 << 20, GIB, 4 * GIB]),
+            Some(vec![5 * GIB, 6 * GIB, 7 * GIB])
+        );
+        assert_eq!(shm_region_bases(6 * GIB, &[GIB + 1, 1]), Some(vec![6 * GIB, 8 * GIB]));
+        assert_eq!(shm_region_bases(GIB, &[]), Some(vec![]));
+        assert_eq!(shm_region_bases(u64::MAX - GIB, &[1]), None);
+        assert_eq!(shm_region_bases(GIB, &[u64::MAX]), None);
+    }
 }

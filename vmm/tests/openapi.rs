@@ -268,7 +268,8 @@ fn definitions_describe_the_rust_types() {
         "rx_rate_limiter": limiter.clone(), "tx_rate_limiter": limiter
     });
     check_definition::<NetworkInterfaceConfig>(&spec, "NetworkInterface", net.clone());
-    let fs = json!({"fs_id": "root", "tag": "rootfs", "shared_dir": "/srv", "read_only": true, "cache": "never"});
+    let fs = json!({"fs_id": "root", "tag": "rootfs", "shared_dir": "/srv", "read_only": true, "cache": "never",
+        "dax_window_mib": 256});
     check_definition::<FsConfig>(&spec, "FileSystem", fs.clone());
     // Each reference to a device definition is where the Rust type has it.
     let properties = &definition(&spec, "NetworkInterface")["properties"];

@@ -8,6 +8,9 @@
 //!   tcp-echo PORT                         echo every TCP connection to PORT
 //!   fs-check DIR                          file-system operations in DIR
 //!   fs-readonly DIR                       writes in DIR must fail with EROFS
+//!   fs-dax DAXDIR PLAINDIR                DAXDIR is mounted with DAX and PLAINDIR
+//!                                         without; fs-check in DAXDIR, then a timed
+//!                                         sequential read of seq.bin in each
 //!   fs-bench DIR FILES                    metadata ops/s (create, stat, unlink FILES
 //!                                         files) and sequential read MiB/s of DIR/big.bin
 
@@ -30,6 +33,7 @@ fn main() -> ExitCode {
         "tcp-echo" => tcp_echo(number(1) as u16),
         "fs-check" => fs_check(Path::new(arg(1))),
         "fs-readonly" => fs_readonly(Path::new(arg(1))),
+        "fs-dax" => fs_dax(Path::new(arg(1)), Path::new(arg(2))),
         "fs-bench" => fs_bench(Path::new(arg(1)), number(2) as usize),
         other => Err(io::Error::other(format!("unknown command {other:?}"))),
     };
@@ -214,6 +218,72 @@ fn fs_readonly(dir: &Path) -> io::Result<()> {
     check(refused(std::fs::remove_file(dir.join("from-host.txt"))), "unlink refused with EROFS")?;
     check(refused(std::fs::create_dir(dir.join("d"))), "mkdir refused with EROFS")?;
     println!("husk-guest-probe: fs-readonly done");
+    Ok(())
+}
+
+/// The mount options of the file system mounted on `dir`, from /proc/mounts.
+fn mount_options(dir: &Path) -> io::Result<(String, Vec<String>)> {
+    let mounts = std::fs::read_to_string("/proc/mounts")?;
+    let dir = dir.to_str().unwrap_or_default();
+    mounts
+        .lines()
+        .rev()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(1) == Some(&dir) && fields.len() >= 4)
+                .then(|| (fields[2].to_owned(), fields[3].split(',').map(str::to_owned).collect()))
+        })
+        .ok_or_else(|| io::Error::other(format!("{dir} is not in /proc/mounts")))
+}
+
+/// Whether mount options say DAX (`dax`, `dax=always` or `dax=inode`).
+fn has_dax(options: &[String]) -> bool {
+    options.iter().any(|o| o == "dax" || o.starts_with("dax="))
+}
+
+/// Reads `path` sequentially in 1 MiB reads from the host (the guest's
+/// caches dropped first); returns the bytes read and MiB/s.
+fn timed_read(path: &Path) -> io::Result<(usize, f64)> {
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", b"3");
+    let started = std::time::Instant::now();
+    let mut file = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0usize;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    Ok((total, total as f64 / started.elapsed().as_secs_f64() / (1 << 20) as f64))
+}
+
+fn fs_dax(dax_dir: &Path, plain_dir: &Path) -> io::Result<()> {
+    let (fstype, options) = mount_options(dax_dir)?;
+    check(
+        fstype == "virtiofs" && has_dax(&options),
+        &format!("{} is virtiofs with DAX ({options:?})", dax_dir.display()),
+    )?;
+    let (fstype, options) = mount_options(plain_dir)?;
+    check(
+        fstype == "virtiofs" && !has_dax(&options),
+        &format!("{} is virtiofs without DAX ({options:?})", plain_dir.display()),
+    )?;
+    fs_check(dax_dir)?;
+    // The same file, written on the host in both shares, read through each.
+    let (dax_bytes, dax_speed) = timed_read(&dax_dir.join("seq.bin"))?;
+    let (plain_bytes, plain_speed) = timed_read(&plain_dir.join("seq.bin"))?;
+    let expected = std::fs::metadata(plain_dir.join("seq.bin"))?.len() as usize;
+    check(dax_bytes == expected && plain_bytes == expected, "seq.bin read in full through both shares")?;
+    check(
+        std::fs::read(dax_dir.join("seq.bin"))? == std::fs::read(plain_dir.join("seq.bin"))?,
+        "the same bytes with and without DAX",
+    )?;
+    println!(
+        "husk-guest-probe: seq-read bytes={expected} dax_mib_per_s={dax_speed:.1} plain_mib_per_s={plain_speed:.1}"
+    );
+    println!("husk-guest-probe: fs-dax done");
     Ok(())
 }
 

@@ -92,6 +92,19 @@ pub struct MmioTransport {
     status: u32,
     config_generation: u32,
     activated: bool,
+    /// The device's shared memory region as the guest sees it, if it has
+    /// one.
+    shm: Option<ShmLayout>,
+    shm_sel: u32,
+}
+
+/// Where a device's shared memory region lies in guest-physical memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShmLayout {
+    /// The region's ID (SHMSel).
+    pub id: u8,
+    pub guest_base: u64,
+    pub len: u64,
 }
 
 impl MmioTransport {
@@ -117,6 +130,8 @@ impl MmioTransport {
             status: 0,
             config_generation: 0,
             activated: false,
+            shm: None,
+            shm_sel: 0,
         })
     }
 
@@ -124,6 +139,17 @@ impl MmioTransport {
     /// ioeventfds on QueueNotify with the queue index as the datamatch.
     pub fn queue_events(&self) -> &[EventFd] {
         &self.queue_events
+    }
+
+    /// Tells the driver where the device's shared memory region is (the VM
+    /// builder placed it and made it guest memory).
+    pub fn set_shm_region(&mut self, layout: ShmLayout) {
+        self.shm = Some(layout);
+    }
+
+    /// The selected shared memory region, if it exists.
+    fn selected_shm(&self) -> Option<ShmLayout> {
+        self.shm.filter(|shm| u32::from(shm.id) == self.shm_sel)
     }
 
     fn offered_features(&self) -> u64 {
@@ -158,8 +184,12 @@ impl MmioTransport {
             REG_QUEUE_READY => queue.map_or(0, |q| u32::from(q.ready)),
             REG_INTERRUPT_STATUS => self.interrupt.status(),
             REG_STATUS => self.status,
-            // No shared memory regions: a length of all ones says so.
-            REG_SHM_LEN_LOW | REG_SHM_LEN_HIGH | REG_SHM_BASE_LOW | REG_SHM_BASE_HIGH => u32::MAX,
+            // A region that does not exist has a length (and base) of all
+            // ones.
+            REG_SHM_LEN_LOW => self.selected_shm().map_or(u32::MAX, |shm| shm.len as u32),
+            REG_SHM_LEN_HIGH => self.selected_shm().map_or(u32::MAX, |shm| (shm.len >> 32) as u32),
+            REG_SHM_BASE_LOW => self.selected_shm().map_or(u32::MAX, |shm| shm.guest_base as u32),
+            REG_SHM_BASE_HIGH => self.selected_shm().map_or(u32::MAX, |shm| (shm.guest_base >> 32) as u32),
             REG_CONFIG_GENERATION => self.config_generation,
             _ => {
                 tracing::debug!("virtio-mmio: read of unknown register {offset:#x}");
@@ -203,7 +233,7 @@ impl MmioTransport {
             REG_QUEUE_DEVICE_HIGH => self.set_queue_address(|q| set_high(&mut q.device, value)),
             REG_INTERRUPT_ACK => self.interrupt.ack(value),
             REG_STATUS => self.write_status(value),
-            REG_SHM_SEL => {}
+            REG_SHM_SEL => self.shm_sel = value,
             // Reached only if the ioeventfd for this queue is missing.
             QUEUE_NOTIFY_OFFSET => {
                 if let Some(evt) = self.queue_events.get(value as usize) {
@@ -301,6 +331,7 @@ impl MmioTransport {
         self.device_features_sel = 0;
         self.driver_features_sel = 0;
         self.queue_sel = 0;
+        self.shm_sel = 0;
         for q in &mut self.queues {
             *q = QueueRegs { max_size: q.max_size, ..Default::default() };
         }
@@ -438,6 +469,26 @@ mod tests {
         t.read(CONFIG_SPACE_OFFSET, &mut cid);
         assert_eq!(u64::from_le_bytes(cid), 3);
         assert_eq!(read(&mut t, REG_SHM_LEN_LOW), u32::MAX, "no shared memory region");
+    }
+
+    #[test]
+    fn a_shared_memory_region_is_reported_only_for_its_id() {
+        let (mut t, _) = transport();
+        t.set_shm_region(ShmLayout { id: 0, guest_base: 0x1_4000_0000, len: 0x1_2000_0000 });
+        write(&mut t, REG_SHM_SEL, 0);
+        assert_eq!(read(&mut t, REG_SHM_LEN_LOW), 0x2000_0000);
+        assert_eq!(read(&mut t, REG_SHM_LEN_HIGH), 1);
+        assert_eq!(read(&mut t, REG_SHM_BASE_LOW), 0x4000_0000);
+        assert_eq!(read(&mut t, REG_SHM_BASE_HIGH), 1);
+        for id in [1, 2, 255, u32::MAX] {
+            write(&mut t, REG_SHM_SEL, id);
+            for reg in [REG_SHM_LEN_LOW, REG_SHM_LEN_HIGH, REG_SHM_BASE_LOW, REG_SHM_BASE_HIGH] {
+                assert_eq!(read(&mut t, reg), u32::MAX, "region {id} does not exist");
+            }
+        }
+        // A reset selects region 0 again.
+        write(&mut t, REG_STATUS, 0);
+        assert_eq!(read(&mut t, REG_SHM_LEN_HIGH), 1);
     }
 
     #[test]

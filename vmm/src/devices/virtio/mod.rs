@@ -19,6 +19,7 @@
 pub mod fs;
 pub mod mmio;
 pub mod net;
+pub mod shm;
 pub mod vsock;
 
 use std::io;
@@ -138,4 +139,11 @@ pub trait VirtioDevice: Send {
     /// activation. The device's configuration (CID, TAP, shared
     /// directory) stays.
     fn reset(&mut self);
+
+    /// The device's shared memory region (virtio 1.2 §2.10), if it has
+    /// one: the VM builder places it in guest-physical memory and the
+    /// transport tells the driver where. Most devices have none.
+    fn shm_region(&self) -> Option<shm::ShmRegion> {
+        None
+    }
 }

@@ -26,10 +26,15 @@
 //! handle of the session; a reset builds a fresh file system, so nothing a
 //! previous driver (or a previous guest kernel) opened survives it.
 //!
-//! Not supported: the DAX window (FUSE_SETUPMAPPING answers EINVAL; the
-//! guest falls back to ordinary reads and writes), the notification queue,
-//! and more than one request queue.
+//! The DAX window, when configured (`dax_window_mib`), is the device's
+//! shared memory region 0: the guest maps file ranges into it with
+//! FUSE_SETUPMAPPING and reads and writes the host's page cache directly
+//! (see the `dax` module). Without one, FUSE_SETUPMAPPING answers EINVAL
+//! and a guest mount with `dax` fails.
+//!
+//! Not supported: the notification queue and more than one request queue.
 
+mod dax;
 mod request;
 mod share;
 #[cfg(test)]
@@ -43,14 +48,18 @@ use std::sync::Arc;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use fuse_backend_rs::api::filesystem::FileSystem;
 use fuse_backend_rs::api::server::Server;
+use fuse_backend_rs::transport::FsCacheReqHandler;
 use husk_api::devices::{FsConfig, FS_TAG_MAX};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
+use dax::DaxWindow;
+pub use dax::DAX_SHM_ID;
 pub use share::FsLimits;
 use share::{ShareConfig, ShareFs};
 
+use super::shm::ShmRegion;
 use super::{ActivateError, ActivatedQueues, VirtioDevice, VirtioInterrupt, TYPE_FS};
 
 /// The high-priority queue's index.
@@ -85,6 +94,8 @@ pub enum FsError {
     Backend { fs_id: String, path: String, source: io::Error },
     #[error("fs {fs_id}: creating the activation eventfd: {source}")]
     EventFd { fs_id: String, source: io::Error },
+    #[error("fs {fs_id}: reserving a {mib} MiB DAX window: {source}")]
+    DaxWindow { fs_id: String, mib: u32, source: io::Error },
 }
 
 /// The device's counters.
@@ -140,6 +151,9 @@ pub struct Fs {
     config_space: [u8; CONFIG_SPACE_SIZE],
     share: ShareConfig,
     backend: Backend,
+    /// The DAX window, if the device has one; its mappings are the
+    /// session's (emptied on reset).
+    dax: Option<DaxWindow>,
     active: Option<Active>,
     /// Queue eventfds of a previous activation that the event loop still
     /// watches: kept open until it stops watching them, so their numbers
@@ -179,7 +193,18 @@ impl Fs {
         let root_dir =
             shared_dir.into_os_string().into_string().map_err(|_| FsError::NotUtf8 { fs_id: fs_id(), path: path() })?;
 
-        let share = ShareConfig { root_dir, read_only: config.read_only, cache: config.cache, limits };
+        let dax = config
+            .dax_window_mib
+            .map(|mib| {
+                DaxWindow::new(u64::from(mib) << 20, config.read_only).map_err(|source| FsError::DaxWindow {
+                    fs_id: fs_id(),
+                    mib,
+                    source,
+                })
+            })
+            .transpose()?;
+        let share =
+            ShareConfig { root_dir, read_only: config.read_only, cache: config.cache, limits, dax: dax.is_some() };
         let root_dir = || share.root_dir.clone();
         let backend =
             Backend::new(&share).map_err(|source| FsError::Backend { fs_id: fs_id(), path: root_dir(), source })?;
@@ -195,6 +220,7 @@ impl Fs {
             config_space,
             share,
             backend,
+            dax,
             active: None,
             retired: Vec::new(),
             wake,
@@ -218,6 +244,11 @@ impl Fs {
 
     pub fn read_only(&self) -> bool {
         self.share.read_only
+    }
+
+    /// The DAX window's size in bytes, if the device has one.
+    pub fn dax_window_size(&self) -> Option<u64> {
+        self.dax.as_ref().map(|dax| dax.mapping().size())
     }
 
     /// The device's counters; they can be read without locking the device.
@@ -276,6 +307,7 @@ impl Fs {
         let mem: &GuestMemoryMmap = &active.mem;
         let server = &self.backend.server;
         let metrics = &*self.metrics;
+        let mut dax = self.dax.as_mut();
         // Chains taken (the turn's budget), and chains returned.
         let (mut taken, mut used) = (0usize, 0usize);
 
@@ -301,7 +333,8 @@ impl Fs {
                 let Some(chain) = chain else { break };
                 taken += 1;
                 let head = chain.head_index();
-                let len = request::handle_chain(server, mem, chain, metrics);
+                let cache_handler = dax.as_deref_mut().map(|window| window as &mut dyn FsCacheReqHandler);
+                let len = request::handle_chain(server, mem, chain, cache_handler, metrics);
                 match queue.add_used(mem, head, len) {
                     Ok(()) => used += 1,
                     Err(err) => {
@@ -395,6 +428,10 @@ impl VirtioDevice for Fs {
         Ok(())
     }
 
+    fn shm_region(&self) -> Option<ShmRegion> {
+        self.dax.as_ref().map(|dax| ShmRegion { id: DAX_SHM_ID, mapping: dax.mapping().clone() })
+    }
+
     fn reset(&mut self) {
         if let Some(active) = self.active.take() {
             // Eventfds never watched can close now; the others once the
@@ -402,6 +439,12 @@ impl VirtioDevice for Fs {
             self.retired.extend(active.events.into_iter().filter(|e| e.registered).map(|e| e.fd));
         }
         self.new_session();
+        if let Some(dax) = &self.dax {
+            // Nothing the previous driver mapped stays visible to the next.
+            if let Err(err) = dax.clear() {
+                tracing::error!("fs {}: emptying the DAX window: {err}", self.fs_id);
+            }
+        }
         if !self.retired.is_empty() {
             if let Err(err) = self.wake.write(1) {
                 // They are dropped at the next activation's wake-up instead.

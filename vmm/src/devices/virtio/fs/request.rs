@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use fuse_backend_rs::abi::fuse_abi::{InHeader, Opcode, OutHeader};
 use fuse_backend_rs::api::server::Server;
-use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
+use fuse_backend_rs::transport::{FsCacheReqHandler, Reader, VirtioFsWriter};
 use virtio_queue::DescriptorChain;
 use vm_memory::{ByteValued, GuestMemoryMmap};
 
@@ -87,11 +87,14 @@ fn reply_error(mut writer: VirtioFsWriter<'_>, unique: u64, errno: i32) -> Optio
 }
 
 /// Serves the request in `chain` and returns how many bytes of reply were
-/// written to its writable buffers (the used-ring length).
+/// written to its writable buffers (the used-ring length). `cache_handler`
+/// is the DAX window, if the device has one: FUSE_SETUPMAPPING and
+/// FUSE_REMOVEMAPPING go to it (without one they answer EINVAL).
 pub(super) fn handle_chain(
     server: &Server<Arc<ShareFs>>,
     mem: &GuestMemoryMmap,
     chain: DescriptorChain<&GuestMemoryMmap>,
+    cache_handler: Option<&mut dyn FsCacheReqHandler>,
     metrics: &FsMetrics,
 ) -> u32 {
     metrics.requests.fetch_add(1, Ordering::Relaxed);
@@ -142,7 +145,7 @@ pub(super) fn handle_chain(
         return fail(writer, libc::ENOSYS, &"unsupported");
     }
 
-    match server.handle_message(reader, writer.clone().into(), None, None) {
+    match server.handle_message(reader, writer.clone().into(), cache_handler, None) {
         // The server answers DESTROY but counts its reply (a bare header)
         // as 0 bytes; the driver is told the length it was written with.
         Ok(0) if opcode == Opcode::Destroy as u32 && writer.available_bytes() >= size_of::<OutHeader>() => {

@@ -73,6 +73,8 @@ pub(super) struct ShareConfig {
     pub read_only: bool,
     pub cache: FsCachePolicy,
     pub limits: FsLimits,
+    /// The device has a DAX window: the guest may map files into it.
+    pub dax: bool,
 }
 
 impl ShareConfig {
@@ -120,8 +122,10 @@ impl ShareConfig {
             no_readdir: false,
             seal_size: false,
             enable_mntid: false,
-            // No DAX window (see the module documentation of `fs`).
-            dax_file_size: None,
+            // With a DAX window, every file may be mapped: a guest that
+            // mounts with dax=inode gets FUSE_ATTR_DAX on all of them (with
+            // dax=always it maps every file regardless). Without one, none.
+            dax_file_size: self.dax.then_some(0),
             use_host_ino: false,
             allow_direct_io: true,
         }
@@ -205,6 +209,7 @@ pub(super) struct ShareFs {
     inner: PassthroughFs<()>,
     read_only: bool,
     limits: FsLimits,
+    dax: bool,
     /// Lookup counts of the inodes the guest holds, kept by the same rules
     /// as PassthroughFs's own counts: +1 for every entry handed to the
     /// guest, -n on FORGET, gone at zero, the root never counted.
@@ -226,6 +231,7 @@ impl ShareFs {
             inner,
             read_only: config.read_only,
             limits: config.limits,
+            dax: config.dax,
             inodes: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashSet::new()),
         })
@@ -322,8 +328,14 @@ impl FileSystem for ShareFs {
         // Requests of up to 1 MiB (the server's buffer limit) instead of
         // one page: the descriptor chains carry them directly.
         want |= FsOptions::BIG_WRITES | FsOptions::MAX_PAGES;
-        // There is no DAX window to map files into.
-        want.remove(FsOptions::PERFILE_DAX);
+        // PassthroughFs offers per-file DAX (FUSE_HAS_INODE_DAX, which the
+        // guest asks for when mounting with dax=inode) whenever the guest
+        // does; it only makes sense with a window to map files into. A guest
+        // mounting with dax=always needs no flag, only the window (and
+        // SETUPMAPPING, refused without one).
+        if !self.dax {
+            want.remove(FsOptions::PERFILE_DAX);
+        }
         if self.read_only {
             want.remove(FsOptions::WRITEBACK_CACHE | FsOptions::HANDLE_KILLPRIV_V2);
         }

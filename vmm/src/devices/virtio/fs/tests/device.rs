@@ -227,3 +227,88 @@ fn hiprio_queue_serves_forgets() {
     let (_, errors, bad_chains) = h.counts();
     assert_eq!((errors, bad_chains), (0, 0));
 }
+
+/// A device with a DAX window, serving `file` (2 pages of a pattern).
+fn dax_harness(read_only: bool) -> (Harness, Vec<u8>) {
+    let (base, share) = new_base();
+    let data: Vec<u8> = (0..8192u32).map(|i| (i % 241) as u8).collect();
+    std::fs::write(share.join("file"), &data).expect("file");
+    let config = FsConfig { dax_window_mib: Some(2), ..fs_config(&share, read_only) };
+    let fs = Fs::new(&config).expect("device with a DAX window");
+    let mut h = Harness::around(base, share, fs);
+    h.activate();
+    (h, data)
+}
+
+fn window_bytes(h: &Harness, offset: u64, len: usize) -> Vec<u8> {
+    let region = h.dev().shm_region().expect("a DAX window");
+    let host = (region.mapping.host_addr() + offset) as *const u8;
+    // SAFETY: callers read only what a SETUPMAPPING just mapped from a file
+    // at least that long; `region` keeps the window alive for the copy.
+    unsafe { std::slice::from_raw_parts(host, len) }.to_vec()
+}
+
+#[test]
+fn without_a_dax_window_there_is_no_shared_memory_region() {
+    let (_base, share) = new_base();
+    let fs = Fs::new(&fs_config(&share, false)).expect("device");
+    assert!(fs.shm_region().is_none());
+    assert_eq!(fs.dax_window_size(), None);
+    let bad = FsConfig { dax_window_mib: Some(3), ..fs_config(&share, false) };
+    assert!(matches!(Fs::new(&bad), Err(FsError::InvalidConfig { .. })));
+}
+
+#[test]
+fn setupmapping_maps_files_into_the_dax_window_within_its_bounds() {
+    use fuse_backend_rs::abi::virtio_fs::{RemovemappingIn, RemovemappingOne, SetupmappingFlags, SetupmappingIn};
+
+    let (mut h, data) = dax_harness(false);
+    let region = h.dev().shm_region().expect("a DAX window");
+    assert_eq!((region.id, region.mapping.size()), (0, 2 << 20));
+    let f = h.lookup(ROOT, "file").expect("lookup");
+    let open = h.open(f.nodeid, libc::O_RDONLY).expect("open");
+    let setup = |moffset: u64, len: u64, flags: SetupmappingFlags| SetupmappingIn {
+        fh: open.fh,
+        foffset: 0,
+        len,
+        flags: flags.bits(),
+        moffset,
+    };
+    let mapping = setup(4096, 8192, SetupmappingFlags::READ);
+    assert_eq!(h.call(Opcode::SetupMapping, f.nodeid, &[mapping.as_slice()]).error, 0);
+    assert_eq!(window_bytes(&h, 4096, 8192), data);
+    // Outside the window, or overflowing: refused, nothing mapped.
+    for (moffset, len) in [(2 << 20, 4096), ((2 << 20) - 4096, 8192), (u64::MAX - 4095, 8192)] {
+        let mapping = setup(moffset, len, SetupmappingFlags::READ);
+        assert_eq!(h.call(Opcode::SetupMapping, f.nodeid, &[mapping.as_slice()]).error, libc::EINVAL);
+    }
+    let remove = RemovemappingIn { count: 1 };
+    let one = RemovemappingOne { moffset: 4096, len: 8192 };
+    assert_eq!(h.call(Opcode::RemoveMapping, f.nodeid, &[remove.as_slice(), one.as_slice()]).error, 0);
+    let outside = RemovemappingOne { moffset: 2 << 20, len: 4096 };
+    assert_eq!(h.call(Opcode::RemoveMapping, f.nodeid, &[remove.as_slice(), outside.as_slice()]).error, libc::EINVAL);
+
+    // A reset empties the window.
+    let mapping = setup(0, 4096, SetupmappingFlags::READ);
+    assert_eq!(h.call(Opcode::SetupMapping, f.nodeid, &[mapping.as_slice()]).error, 0);
+    h.dev().reset();
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
+    let start = format!("{:x}-", region.mapping.host_addr());
+    let line = maps.lines().find(|l| l.starts_with(&start)).expect("the window's first page");
+    assert!(line.split_whitespace().nth(1).expect("perms").starts_with("---p"), "{line}");
+}
+
+#[test]
+fn a_read_only_dax_share_refuses_writable_mappings() {
+    use fuse_backend_rs::abi::virtio_fs::{SetupmappingFlags, SetupmappingIn};
+
+    let (mut h, data) = dax_harness(true);
+    let f = h.lookup(ROOT, "file").expect("lookup");
+    let open = h.open(f.nodeid, libc::O_RDONLY).expect("open");
+    let writable = SetupmappingFlags::READ | SetupmappingFlags::WRITE;
+    let mapping = SetupmappingIn { fh: open.fh, foffset: 0, len: 4096, flags: writable.bits(), moffset: 0 };
+    assert_eq!(h.call(Opcode::SetupMapping, f.nodeid, &[mapping.as_slice()]).error, libc::EROFS);
+    let mapping = SetupmappingIn { flags: SetupmappingFlags::READ.bits(), ..mapping };
+    assert_eq!(h.call(Opcode::SetupMapping, f.nodeid, &[mapping.as_slice()]).error, 0);
+    assert_eq!(window_bytes(&h, 0, 4096), data[..4096]);
+}

@@ -124,6 +124,7 @@ pub(super) fn fs_config(shared_dir: &Path, read_only: bool) -> FsConfig {
         shared_dir: shared_dir.to_str().expect("UTF-8 temp path").into(),
         read_only,
         cache: FsCachePolicy::Auto,
+        dax_window_mib: None,
     }
 }
 
