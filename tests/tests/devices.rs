@@ -9,7 +9,12 @@ use common::{artifact, describe, test_host};
 use husk_tests::paths;
 use husk_tests::protocol::RunRequest;
 
+/// One suite at a time: each boots VMs and pushes data through them, and
+/// the nested test host has two emulated CPUs to share.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn suite(name: &str) {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let vmm = paths::husk_vmm().unwrap_or_else(|e| panic!("{e}"));
     let request = RunRequest {
         argv: vec![
