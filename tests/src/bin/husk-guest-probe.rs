@@ -297,20 +297,7 @@ fn fs_bench(dir: &Path, files: usize) -> io::Result<()> {
         std::fs::remove_file(&path)?;
     }
     let ops_per_s = (3 * files) as f64 / started.elapsed().as_secs_f64();
-    // Read from the host, not from the guest's page cache.
-    let _ = std::fs::write("/proc/sys/vm/drop_caches", b"3");
-    let started = std::time::Instant::now();
-    let mut file = std::fs::File::open(dir.join("big.bin"))?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0usize;
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        total += n;
-    }
-    let mib_per_s = total as f64 / started.elapsed().as_secs_f64() / (1 << 20) as f64;
+    let (total, mib_per_s) = timed_read(&dir.join("big.bin"))?;
     println!("{{\"bench\": {{\"fs_metadata_ops_per_s\": {ops_per_s:.1}, \"fs_seq_read_mib_per_s\": {mib_per_s:.1}, \"fs_read_bytes\": {total}}}}}");
     Ok(())
 }
