@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{artifact, describe, test_host};
+use common::{artifact, describe, ready_line, test_host};
 use husk_api::agent_console::ReadyLine;
 use husk_tests::reference_vmm::qemu_microvm;
 
@@ -20,9 +20,7 @@ fn boot_to_ready(kernel: &str) -> ReadyLine {
     let stdout = output.stdout_text();
     assert!(output.report.success(), "QEMU did not end cleanly on the guest's reset: {}", describe(&output));
 
-    let ready: Vec<ReadyLine> = stdout.lines().filter_map(ReadyLine::parse).collect();
-    assert_eq!(ready.len(), 1, "exactly one ready line: {}", describe(&output));
-    let ready = ready[0];
+    let ready = ready_line(&output);
     let printk = ready.printk.unwrap_or_else(|| panic!("the ready line lacks the printk time: {}", describe(&output)));
     // Both clocks started inside this run, so neither can exceed its wall time
     // as seen from here; and the kernel cannot boot in no time at all.

@@ -6,8 +6,7 @@
 
 mod common;
 
-use common::{artifact, describe, test_host};
-use husk_api::agent_console::ReadyLine;
+use common::{artifact, describe, ready_line, test_host};
 use husk_tests::paths;
 use husk_tests::protocol::RunRequest;
 use husk_tests::testhost::RunOutput;
@@ -37,12 +36,6 @@ fn api_boot(vcpus: u8, agent_args: &str, after_ready: &str) -> RunOutput {
         ..Default::default()
     };
     test_host().run(&request).expect("running the API boot in the test host")
-}
-
-fn ready_line(output: &RunOutput) -> ReadyLine {
-    let ready: Vec<ReadyLine> = output.stdout_text().lines().filter_map(ReadyLine::parse).collect();
-    assert_eq!(ready.len(), 1, "exactly one ready line: {}", describe(output));
-    ready[0]
 }
 
 #[test]

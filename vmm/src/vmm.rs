@@ -479,8 +479,9 @@ impl MutEventSubscriber for Vmm {
         // Console input only when stdin is something to read (not a closed
         // or /dev/null stdin, which would report readable forever).
         let stdin = std::io::stdin();
-        // SAFETY: fstat on fd 0 with a valid out-pointer.
+        // SAFETY: libc::stat is plain data; all zeroes is a valid value.
         let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat on fd 0 with a valid out-pointer.
         let readable = unsafe { libc::fstat(stdin.as_raw_fd(), &mut stat) } == 0
             && matches!(stat.st_mode & libc::S_IFMT, libc::S_IFIFO | libc::S_IFCHR | libc::S_IFSOCK)
             && !is_dev_null(&stat);

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use husk_api::agent_console::ReadyLine;
 use husk_tests::paths;
 use husk_tests::testhost::{RunOutput, TestHost};
 
@@ -28,4 +29,11 @@ pub fn describe(output: &RunOutput) -> String {
         output.stdout_text(),
         output.stderr_text()
     )
+}
+
+/// The one ready line the guest agent printed on the console.
+pub fn ready_line(output: &RunOutput) -> ReadyLine {
+    let ready: Vec<ReadyLine> = output.stdout_text().lines().filter_map(ReadyLine::parse).collect();
+    assert_eq!(ready.len(), 1, "exactly one ready line: {}", describe(output));
+    ready[0]
 }
