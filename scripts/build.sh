@@ -13,5 +13,7 @@ fi
 scripts/install-deps.sh kernel guest testhost
 kernel-config/build-kernel.sh
 images/build-initramfs.sh
+# The busybox test container's rootfs, from Debian's busybox-static (skipped when current).
+images/build-busybox-rootfs.sh
 tests/testhost/build-host-image.sh
 cargo build --locked --workspace --all-targets

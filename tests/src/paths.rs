@@ -20,12 +20,13 @@ pub fn artifacts_dir() -> PathBuf {
 /// the error; tests fail with this message rather than skipping.
 pub fn artifact(relative: &str) -> Result<PathBuf, String> {
     let path = artifacts_dir().join(relative);
-    if path.is_file() {
+    if path.is_file() || path.is_dir() {
         return Ok(path);
     }
     let maker = match relative.split('/').next() {
         Some("vmlinux" | "bzImage" | "kernel.config") => "kernel-config/build-kernel.sh",
-        Some("initramfs.cpio") => "images/build-initramfs.sh",
+        Some("initramfs.cpio" | "initramfs-test.cpio") => "images/build-initramfs.sh",
+        Some("images") => "images/build-busybox-rootfs.sh",
         Some("testhost") => "tests/testhost/build-host-image.sh",
         _ => "scripts/test.sh",
     };
@@ -43,5 +44,16 @@ pub fn husk_vmm() -> Result<PathBuf, String> {
         Ok(path)
     } else {
         Err(format!("{} is missing: build it with `cargo build -p husk-vmm` (or set HUSK_VMM_BIN)", path.display()))
+    }
+}
+
+/// The static husk-guest-probe that images/build-initramfs.sh builds for
+/// the guest (and puts in the test initramfs).
+pub fn guest_probe() -> Result<PathBuf, String> {
+    let path = repo_dir().join("target/guest/x86_64-unknown-linux-gnu/guest/husk-guest-probe");
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!("{} is missing: build it with `images/build-initramfs.sh`", path.display()))
     }
 }
