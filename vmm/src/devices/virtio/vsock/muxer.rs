@@ -57,6 +57,9 @@ const REQUEST_DELIVERY_TIMEOUT: Duration =
 /// taking TX packets (each can cause one) until the guest drains it.
 pub(super) const RST_BACKLOG: usize = 256;
 
+/// The reason of a connection's normal end.
+const CLOSED_BOTH_WAYS: &str = "closed both ways";
+
 /// Host ports for host-initiated connections are allocated from here up
 /// (as Firecracker does), out of the way of the ports guests listen on.
 const HOST_PORT_FIRST: u32 = 1 << 30;
@@ -258,13 +261,20 @@ impl Muxer {
     }
 
     /// Ends a connection and tells the guest (RST), if it knew of it.
+    /// Anything but the normal end of a connection is logged at info: the
+    /// host process sees only its socket close.
     fn reset_connection(&mut self, slot: usize, reason: &dyn std::fmt::Display) {
         if let Some(Endpoint::Connection(conn)) = self.remove(slot) {
-            tracing::debug!(
-                "vsock: connection host:{} guest:{} reset: {reason}",
-                conn.key.local_port,
-                conn.key.peer_port
-            );
+            let reason = reason.to_string();
+            if reason == CLOSED_BOTH_WAYS {
+                tracing::debug!("vsock: connection host:{} guest:{} ended", conn.key.local_port, conn.key.peer_port);
+            } else {
+                tracing::info!(
+                    "vsock: connection host:{} guest:{} reset: {reason}",
+                    conn.key.local_port,
+                    conn.key.peer_port
+                );
+            }
             if conn.state == ConnState::AwaitingResponse {
                 self.metrics.connections_refused.inc();
             }
@@ -293,7 +303,7 @@ impl Muxer {
         };
         let token = token(slot, *generation);
         if conn.is_finished() {
-            self.reset_connection(slot, &"closed both ways");
+            self.reset_connection(slot, &CLOSED_BOTH_WAYS);
             return;
         }
         let wanted = conn.wanted_events();
