@@ -25,7 +25,8 @@ die() { printf 'build-initramfs: error: %s\n' "$*" >&2; exit 1; }
 # build's and would otherwise rebuild the host's dependencies each time.
 triple=x86_64-unknown-linux-gnu
 log "building the static husk-agent"
-( cd "$repo" && RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --locked \
+( cd "$repo" && RUSTFLAGS="-C target-feature=+crt-static" LIBSECCOMP_LINK_TYPE=static \
+    LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu cargo build --quiet --locked \
     -p husk-agent -p husk-tests --bin husk-agent --bin husk-guest-probe \
     --profile guest --target "$triple" --target-dir "$repo/target/guest" )
 agent=$repo/target/guest/$triple/guest/husk-agent

@@ -20,7 +20,9 @@ need_backports=0
 for group in "$@"; do
     case "$group" in
         kernel) want+=(linux-source-6.12 build-essential flex bison bc libelf-dev libssl-dev cpio kmod lz4 xz-utils) ;;
-        guest) want+=(cpio binutils) ;;
+        # libseccomp-dev: the static agent links libseccomp.a (youki's
+        # libcontainer applies the specs' seccomp filters with it).
+        guest) want+=(cpio binutils libseccomp-dev pkg-config) ;;
         # qemu-system-x86 and qemu-utils must come from the same suite: the plain
         # bookworm QEMU would replace the machine's backports qemu-utils.
         testhost) want+=(qemu-system-x86 qemu-utils kmod cpio curl); need_backports=1 ;;

@@ -3,8 +3,8 @@
 //! later modules) the HTTP API and the host↔agent protocol — is defined here
 //! and nowhere else, so both sides compile against one definition.
 
-pub mod agent_channel;
 pub mod agent_console;
+pub mod agent_protocol;
 pub mod devices;
 pub mod guest_signal;
 pub mod vmm;

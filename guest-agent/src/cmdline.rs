@@ -50,6 +50,16 @@ pub struct AgentOptions {
     /// ready; the VM powers off with its exit status when it ends (tests and
     /// one-shot jobs).
     pub run: Option<Vec<String>>,
+    /// `husk.debug=1`: debug lines on the console (spec fields the guest
+    /// ignores, container setup steps).
+    pub debug: bool,
+}
+
+static DEBUG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether `husk.debug=1` was given (set once the options are read).
+pub fn debug_enabled() -> bool {
+    DEBUG.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 fn parse_mac(text: &str) -> Option<[u8; 6]> {
@@ -96,7 +106,9 @@ fn parse_net(value: &str) -> Option<NetRequest> {
 impl AgentOptions {
     pub fn from_proc_cmdline() -> Result<Self, AgentError> {
         let cmdline = std::fs::read_to_string("/proc/cmdline").map_err(AgentError::Cmdline)?;
-        Self::parse(&cmdline)
+        let options = Self::parse(&cmdline)?;
+        DEBUG.store(options.debug, std::sync::atomic::Ordering::Relaxed);
+        Ok(options)
     }
 
     /// Parses the `husk.` options of a kernel command line; other parameters
@@ -129,6 +141,13 @@ impl AgentOptions {
                 }
                 "run" if value.starts_with('/') => options.run = Some(value.split(',').map(str::to_owned).collect()),
                 "run" => return Err(bad("run takes an absolute path")),
+                "debug" => {
+                    options.debug = match value {
+                        "1" => true,
+                        "0" => false,
+                        _ => return Err(bad("debug is 0 or 1")),
+                    }
+                }
                 _ => return Err(bad("unknown husk option")),
             }
         }

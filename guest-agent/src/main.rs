@@ -2,16 +2,20 @@
 //!
 //! It mounts the guest's pseudo file systems, tells the host it is ready (a
 //! console line and the boot-timer write of the guest-signal register), then
-//! supervises: it reaps orphans and powers the VM off when asked (SIGTERM,
-//! SIGPWR, Ctrl-Alt-Del) or when something fatal happens. PID 1 must never
+//! serves the host over vsock (running OCI containers, see `container` and
+//! husk_api::agent_protocol) and supervises: it reaps orphans and powers the
+//! VM off when asked (SIGTERM, SIGPWR, Ctrl-Alt-Del) or when something fatal
+//! happens. PID 1 must never
 //! exit — the kernel would panic — so every error path ends in `power_off`.
 
-mod channel;
 mod cmdline;
+mod container;
 mod mounts;
 mod network;
 mod power;
 mod ready;
+mod reaper;
+mod server;
 mod supervise;
 
 use std::process::ExitCode;
@@ -21,6 +25,10 @@ use husk_api::guest_signal::{STATUS_AGENT_FAILED, STATUS_AGENT_PANICKED, STATUS_
 use crate::cmdline::{AgentOptions, ReadyAction};
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(container::helper::HELPER_ARG) {
+        return container::helper::main(&args[2..]);
+    }
     // SAFETY: getpid has no preconditions.
     if unsafe { libc::getpid() } != 1 {
         eprintln!("husk-agent: must run as PID 1 (the microVM's /init); refusing to mount or power anything off");
@@ -45,6 +53,7 @@ fn main() -> ExitCode {
 }
 
 fn run(signals: &supervise::Signals) -> Result<(), AgentError> {
+    mounts::leave_initramfs()?;
     power::route_ctrl_alt_del_to_init()?;
     mounts::mount_all()?;
     mounts::ensure_console_stdio()?;
@@ -57,7 +66,8 @@ fn run(signals: &supervise::Signals) -> Result<(), AgentError> {
     }
     // A VM without a vsock device has no host channel; that is a
     // configuration, not an error.
-    if let Err(err) = channel::start() {
+    let registry = std::sync::Arc::new(container::Registry::default());
+    if let Err(err) = server::start(registry) {
         eprintln!("husk-agent: no vsock channel to the host: {err}");
     }
 

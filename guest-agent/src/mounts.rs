@@ -2,7 +2,10 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::unix::fs::{symlink, DirBuilderExt};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{symlink, DirBuilderExt, MetadataExt};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
 
 use crate::AgentError;
 
@@ -84,6 +87,79 @@ fn mount(m: &Mount) -> io::Result<()> {
         return Ok(());
     }
     Err(err)
+}
+
+/// Set in the agent's environment once it runs from its own tmpfs root.
+const ROOT_MOVED_ENV: &str = "HUSK_AGENT_ROOT_MOVED";
+
+/// Where the new root is assembled before it is moved over `/`.
+const NEW_ROOT: &str = "/.husk-root";
+
+/// Moves the agent out of the initramfs root into a tmpfs, then re-executes
+/// it there (still PID 1).
+///
+/// pivot_root(2) refuses to leave the initial rootfs (it has no parent
+/// mount), and every container's setup pivots its mount namespace into the
+/// container's root. Rather than fall back to chroot for containers, the
+/// agent does once what switch_root does at boot: copy the initramfs's few
+/// files into a tmpfs, move that over `/` and chroot into it. Each file is
+/// unlinked from the initramfs once copied, so the move costs no memory.
+pub fn leave_initramfs() -> Result<(), AgentError> {
+    if std::env::var_os(ROOT_MOVED_ENV).is_some() {
+        return Ok(());
+    }
+    let fail = |source| AgentError::CreatePath { path: NEW_ROOT, source };
+    std::fs::DirBuilder::new().mode(0o755).create(NEW_ROOT).map_err(fail)?;
+    mount(&Mount { source: "tmpfs", target: NEW_ROOT, fstype: "tmpfs", flags: 0, data: "mode=0755" }).map_err(fail)?;
+    move_tree(Path::new("/"), Path::new(NEW_ROOT)).map_err(fail)?;
+    let dot = CString::new(".").expect("no NUL");
+    let root = CString::new("/").expect("no NUL");
+    std::env::set_current_dir(NEW_ROOT).map_err(fail)?;
+    // SAFETY: valid C strings; MS_MOVE takes no file system type or data.
+    if unsafe { libc::mount(dot.as_ptr(), root.as_ptr(), std::ptr::null(), libc::MS_MOVE, std::ptr::null()) } != 0 {
+        return Err(fail(io::Error::last_os_error()));
+    }
+    // SAFETY: valid C string.
+    if unsafe { libc::chroot(dot.as_ptr()) } != 0 {
+        return Err(fail(io::Error::last_os_error()));
+    }
+    std::env::set_current_dir("/").map_err(fail)?;
+    let err = std::process::Command::new("/init").args(std::env::args_os().skip(1)).env(ROOT_MOVED_ENV, "1").exec();
+    Err(fail(err))
+}
+
+/// Copies `from`'s entries into `to` (directories, regular files, symlinks
+/// and device nodes, with their modes) and unlinks the copied files.
+fn move_tree(from: &Path, to: &Path) -> io::Result<()> {
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let source = entry.path();
+        if source == Path::new(NEW_ROOT) {
+            continue;
+        }
+        let target = to.join(entry.file_name());
+        let meta = std::fs::symlink_metadata(&source)?;
+        let kind = meta.file_type();
+        if kind.is_dir() {
+            std::fs::DirBuilder::new().mode(meta.mode() & 0o7777).create(&target)?;
+            move_tree(&source, &target)?;
+            continue;
+        }
+        if kind.is_symlink() {
+            symlink(std::fs::read_link(&source)?, &target)?;
+        } else if kind.is_file() {
+            std::fs::copy(&source, &target)?;
+        } else {
+            let path = CString::new(target.as_os_str().as_bytes()).map_err(|_| io::ErrorKind::InvalidInput)?;
+            // SAFETY: path is a valid C string; mode and rdev come from the
+            // node being copied.
+            if unsafe { libc::mknod(path.as_ptr(), meta.mode(), meta.rdev()) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        std::fs::remove_file(&source)?;
+    }
+    Ok(())
 }
 
 /// The kernel opens /dev/console for init only if the initramfs has that

@@ -4,7 +4,7 @@ use std::io;
 
 use husk_api::guest_signal::STATUS_OK;
 
-use crate::{power, AgentError};
+use crate::{power, reaper, AgentError};
 
 /// Signals PID 1 handles synchronously, with `sigwaitinfo`.
 const HANDLED: &[libc::c_int] = &[libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGPWR, libc::SIGHUP];
@@ -56,11 +56,21 @@ pub fn spawn(argv: &[String]) -> Result<libc::pid_t, AgentError> {
     Ok(child.id() as libc::pid_t)
 }
 
-/// Waits for signals forever. Orphans re-parented to PID 1 are reaped;
-/// SIGTERM, SIGPWR, SIGINT (Ctrl-Alt-Del) and SIGHUP power the VM off, and
-/// so does the end of the `watched` process, with its exit status (128+N
-/// for a signal N).
+/// Waits for signals forever. Orphans re-parented to PID 1 are reaped into
+/// the exit table (see `reaper`); SIGTERM, SIGPWR, SIGINT (Ctrl-Alt-Del) and
+/// SIGHUP power the VM off, and so does the end of the `watched` process,
+/// with its exit status (128+N for a signal N).
 pub fn run(signals: &Signals, watched: Option<libc::pid_t>) -> Result<(), AgentError> {
+    if let Some(pid) = watched {
+        std::thread::Builder::new()
+            .name("husk-run-wait".into())
+            .spawn(move || {
+                let status = husk_api::agent_protocol::ExitStatus::from_wait_status(reaper::wait(pid));
+                println!("husk-agent: the husk.run program (pid {pid}) exited with status {}", status.code);
+                power::power_off(status.code.clamp(0, 255) as u8);
+            })
+            .map_err(|source| AgentError::Run { program: "the husk.run waiter".into(), source })?;
+    }
     loop {
         // SAFETY: the set is initialised; siginfo is not needed.
         let signal = unsafe { libc::sigwaitinfo(&signals.set, std::ptr::null_mut()) };
@@ -71,37 +81,11 @@ pub fn run(signals: &Signals, watched: Option<libc::pid_t>) -> Result<(), AgentE
                     return Err(AgentError::Signals { what: "waiting for signals", source: err });
                 }
             }
-            libc::SIGCHLD => {
-                if let Some(status) = reap_all(watched) {
-                    println!(
-                        "husk-agent: the husk.run program (pid {}) exited with status {status}",
-                        watched.unwrap_or_default()
-                    );
-                    power::power_off(status);
-                }
-            }
+            libc::SIGCHLD => reaper::reap_all(),
             _ => {
                 eprintln!("husk-agent: signal {signal}: powering off");
                 power::power_off(STATUS_OK);
             }
-        }
-    }
-}
-
-/// Several children may have exited for one SIGCHLD: reap until none is
-/// left. Returns the exit status of `watched` if it was among them.
-fn reap_all(watched: Option<libc::pid_t>) -> Option<u8> {
-    let mut watched_status = None;
-    loop {
-        let mut status = 0;
-        // SAFETY: status is a valid out-pointer.
-        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-        if pid <= 0 {
-            return watched_status;
-        }
-        if Some(pid) == watched {
-            let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) };
-            watched_status = Some(code.clamp(0, 255) as u8);
         }
     }
 }

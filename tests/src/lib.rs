@@ -3,6 +3,7 @@
 //! stock Linux guest really boots under KVM, which tests run their programs in.
 
 pub mod data;
+pub mod guest_vm;
 pub mod kvm;
 pub mod paths;
 pub mod protocol;

@@ -12,26 +12,23 @@
 //!       echo throughput, TCP over a veth pair beside it, virtio-fs metadata
 //!       ops/s and sequential reads beside the same operations on this host
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::{Parser, Subcommand};
 use husk_tests::data::pattern;
+use husk_tests::guest_vm::{host_tap, run, vsock_connect, Cleanup, GuestArgs, Setup, Vm};
 
 #[derive(Parser)]
 struct Cli {
     #[command(subcommand)]
     suite: Suite,
-    #[arg(long, global = true)]
-    vmm: Option<PathBuf>,
-    #[arg(long, global = true)]
-    kernel: Option<PathBuf>,
-    #[arg(long, global = true)]
-    initrd: Option<PathBuf>,
+    #[command(flatten)]
+    guest: GuestArgs,
 }
 
 #[derive(Subcommand, Clone, Copy)]
@@ -47,107 +44,7 @@ enum Suite {
     },
 }
 
-const BOOT_ARGS: &str =
-    "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd quiet nowatchdog nosoftlockup";
 const PROBE: &str = "/bin/husk-guest-probe";
-const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
-
-struct Setup {
-    vmm: PathBuf,
-    kernel: PathBuf,
-    initrd: PathBuf,
-    work: PathBuf,
-}
-
-/// A running husk-vmm, killed when dropped; its console and log go to files.
-struct Vm {
-    child: Child,
-    console: PathBuf,
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Vm {
-    fn boot(setup: &Setup, name: &str, agent_args: &str, devices: serde_json::Value) -> Result<Vm> {
-        let mut config = serde_json::json!({
-            "boot-source": {
-                "kernel_image_path": setup.kernel,
-                "initrd_path": setup.initrd,
-                "boot_args": format!("{BOOT_ARGS} {agent_args}"),
-            },
-            "machine-config": { "vcpu_count": 1, "mem_size_mib": 256 },
-        });
-        for (key, value) in devices.as_object().into_iter().flatten() {
-            config[key] = value.clone();
-        }
-        let config_path = setup.work.join(format!("{name}.json"));
-        std::fs::write(&config_path, config.to_string())?;
-        let console = setup.work.join(format!("{name}.console"));
-        let log = std::fs::File::create(setup.work.join(format!("{name}.log")))?;
-        let child = Command::new(&setup.vmm)
-            .args(["--no-api", "--level", "Info", "--config-file"])
-            .arg(&config_path)
-            .arg("--serial-out")
-            .arg(&console)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("starting husk-vmm")?;
-        Ok(Vm { child, console })
-    }
-
-    fn console(&self) -> String {
-        std::fs::read_to_string(&self.console).unwrap_or_default()
-    }
-
-    /// Waits for `text` on the guest console.
-    fn wait_for(&mut self, text: &str) -> Result<()> {
-        let started = Instant::now();
-        loop {
-            if self.console().contains(text) {
-                return Ok(());
-            }
-            if let Some(status) = self.child.try_wait()? {
-                bail!("the VM ended ({status}) before printing {text:?}:\n{}", self.console());
-            }
-            ensure!(started.elapsed() < BOOT_TIMEOUT, "no {text:?} within {BOOT_TIMEOUT:?}:\n{}", self.console());
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Waits for the VM to end by itself; returns the VMM's exit code.
-    fn wait_exit(&mut self) -> Result<i32> {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status.code().unwrap_or(-1));
-            }
-            ensure!(
-                started.elapsed() < BOOT_TIMEOUT,
-                "the VM did not end within {BOOT_TIMEOUT:?}:\n{}",
-                self.console()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-/// Opens a host-initiated vsock stream through the hybrid socket.
-fn vsock_connect(uds: &Path, port: u32) -> Result<UnixStream> {
-    let mut stream = UnixStream::connect(uds).with_context(|| format!("connecting to {}", uds.display()))?;
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    stream.write_all(format!("CONNECT {port}\n").as_bytes())?;
-    let mut line = String::new();
-    BufReader::new(stream.try_clone()?).take(64).read_line(&mut line)?;
-    ensure!(line.starts_with("OK ") && line.ends_with('\n'), "handshake answered {line:?}");
-    Ok(stream)
-}
 
 /// Sends `bytes` of stream `n`'s pattern and checks the echo.
 fn echo_check(mut stream: UnixStream, n: usize, bytes: usize) -> Result<()> {
@@ -173,12 +70,14 @@ fn vsock_suite(setup: &Setup) -> Result<()> {
     echo_check(vsock_connect(&uds, 5000)?, 0, 4096)?;
     println!("ok: host to guest echo");
 
-    let mut agent = vsock_connect(&uds, husk_api::agent_channel::AGENT_VSOCK_PORT)?;
-    agent.write_all(b"PING\n")?;
-    let mut answer = String::new();
-    BufReader::new(agent).read_line(&mut answer)?;
-    ensure!(answer.starts_with("PONG ") && answer.ends_with('\n'), "the agent answered {answer:?}");
-    println!("ok: the agent answers PING on vsock port {}", husk_api::agent_channel::AGENT_VSOCK_PORT);
+    let agent = husk_runtime::agent_client::AgentClient::new(&uds);
+    let pong = agent.ping().context("pinging the agent")?;
+    println!(
+        "ok: agent {} answers a ping on vsock port {} (guest uptime {} µs)",
+        pong.agent_version,
+        husk_api::agent_protocol::AGENT_PORT,
+        pong.uptime_us
+    );
 
     let streams = 16;
     let per_stream = 4 << 20;
@@ -358,30 +257,11 @@ fn fs_check_seen_on_host(share: &Path) -> Result<()> {
     Ok(())
 }
 
-fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
-    ensure!(status.success(), "{cmd:?} failed with {status}");
-    Ok(())
-}
-
-/// Deletes a network device (TAP, veth) or namespace when dropped.
-struct Cleanup(Vec<String>);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let args: Vec<&str> = self.0.iter().map(String::as_str).collect();
-        let _ = Command::new("ip").args(&args).status();
-    }
-}
-
 /// A TAP on this (test) host, its end addressed 10.200.0.1/24, and a guest
 /// at 10.200.0.2 behind virtio-net running a TCP echo on port 7000.
 fn boot_net_guest(setup: &Setup, name: &str) -> Result<(Vm, Cleanup)> {
     let tap = format!("hsktap{}", std::process::id() % 10000);
-    run(Command::new("ip").args(["tuntap", "add", "dev", &tap, "mode", "tap"]))?;
-    let cleanup = Cleanup(vec!["link".into(), "del".into(), tap.clone()]);
-    run(Command::new("ip").args(["addr", "add", "10.200.0.1/24", "dev", &tap]))?;
-    run(Command::new("ip").args(["link", "set", &tap, "up"]))?;
+    let cleanup = host_tap(&tap, "10.200.0.1/24")?;
     let devices = serde_json::json!({ "network-interfaces": [{
         "iface_id": "eth0", "host_dev_name": tap, "guest_mac": "06:00:0a:c8:00:02" }] });
     let agent = format!("husk.net=10.200.0.2/24,gw=10.200.0.1 husk.run={PROBE},tcp-echo,7000");
@@ -569,13 +449,8 @@ fn bench(setup: &Setup) -> Result<()> {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let repo = husk_tests::paths::repo_dir();
-    let setup = Setup {
-        vmm: cli.vmm.unwrap_or_else(|| repo.join("target/debug/husk-vmm")),
-        kernel: cli.kernel.unwrap_or_else(|| repo.join("target/husk/vmlinux")),
-        initrd: cli.initrd.unwrap_or_else(|| repo.join("target/husk/initramfs-test.cpio")),
-        work: std::env::temp_dir().join(format!("husk-device-suite-{}", std::process::id())),
-    };
+    let work = std::env::temp_dir().join(format!("husk-device-suite-{}", std::process::id()));
+    let setup = cli.guest.setup("initramfs-test.cpio", work);
     std::fs::create_dir_all(&setup.work)?;
     let result = match cli.suite {
         Suite::Vsock => vsock_suite(&setup),

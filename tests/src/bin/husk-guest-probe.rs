@@ -11,6 +11,11 @@
 //!   fs-dax DAXDIR PLAINDIR                DAXDIR is mounted with DAX and PLAINDIR
 //!                                         without; fs-check in DAXDIR, then a timed
 //!                                         sequential read of seq.bin in each
+//!   pattern STREAM BYTES                  write stream STREAM's test pattern to stdout
+//!                                         (64 KiB writes): an output a reader can check
+//!   clock                                 print the boot clock (CLOCK_BOOTTIME, µs)
+//!                                         as the first thing it does: a container's
+//!                                         start time as the guest sees it
 //!   fs-bench DIR FILES                    metadata ops/s (create, stat, unlink FILES
 //!                                         files) and sequential read MiB/s of DIR/big.bin
 
@@ -24,6 +29,13 @@ use std::process::ExitCode;
 use husk_tests::data::pattern;
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("clock") {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: ts is a valid timespec to write into.
+        unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+        println!("{}", ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000);
+        return ExitCode::SUCCESS;
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or_default();
     let number = |i: usize| arg(i).parse::<u64>().unwrap_or(0);
@@ -35,6 +47,7 @@ fn main() -> ExitCode {
         "fs-readonly" => fs_readonly(Path::new(arg(1))),
         "fs-dax" => fs_dax(Path::new(arg(1)), Path::new(arg(2))),
         "fs-bench" => fs_bench(Path::new(arg(1)), number(2) as usize),
+        "pattern" => write_pattern(number(1) as usize, number(2) as usize),
         other => Err(io::Error::other(format!("unknown command {other:?}"))),
     };
     match result {
@@ -44,6 +57,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn write_pattern(stream: usize, bytes: usize) -> io::Result<()> {
+    let data = pattern(stream, bytes);
+    let mut stdout = io::stdout().lock();
+    for chunk in data.chunks(64 * 1024) {
+        stdout.write_all(chunk)?;
+    }
+    stdout.flush()
 }
 
 fn vsock_socket() -> io::Result<i32> {
