@@ -7,7 +7,6 @@
 //! QEMU with virtiofsd would be the natural reference for virtio-fs, but no
 //! virtiofsd package installs from this machine's Debian archive.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -16,56 +15,26 @@ use husk_tests::paths;
 use husk_tests::protocol::RunRequest;
 use husk_tests::testhost::TestHost;
 
-use crate::stats::{markdown_table, Series};
+use crate::stats::{markdown_table, BenchLines};
 
 pub fn run(out: &Path, runs: usize) -> Result<()> {
-    let vmm = std::env::var_os("HUSK_VMM_BIN")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| paths::repo_dir().join("target/release/husk-vmm"));
-    if !vmm.is_file() {
-        bail!("{} is missing: `cargo build --release -p husk-vmm` (benches/run.sh does)", vmm.display());
-    }
-    let suite = paths::repo_dir().join("target/debug/husk-device-suite");
-    let artifact = |name: &str| -> Result<String> {
-        Ok(paths::artifact(name).map_err(anyhow::Error::msg)?.to_string_lossy().into_owned())
-    };
     let host = TestHost::shared(&paths::repo_dir().join("target/debug/husk-testhost"))?;
     let info = host.info()?;
     let request = RunRequest {
-        argv: vec![
-            suite.to_string_lossy().into_owned(),
-            "bench".into(),
-            "--vmm".into(),
-            vmm.to_string_lossy().into_owned(),
-            "--kernel".into(),
-            artifact("vmlinux")?,
-            "--initrd".into(),
-            artifact("initramfs-test.cpio")?,
-        ],
+        argv: crate::suite_argv("husk-device-suite", &["bench"], "initramfs-test.cpio")?,
         timeout_secs: 1200,
         ..Default::default()
     };
-    let mut series: BTreeMap<String, Series> = BTreeMap::new();
-    let mut order = Vec::new();
+    let mut lines = BenchLines::default();
     for run in 1..=runs {
         eprintln!("husk-bench devices: run {run}/{runs}");
         let output = host.run(&request)?;
         if !output.report.success() {
             bail!("the device bench failed ({:?}):\n{}\n{}", output.report, output.stdout_text(), output.stderr_text());
         }
-        for line in output.stdout_text().lines().filter_map(|l| l.strip_prefix("BENCH ")) {
-            let sample: serde_json::Value = serde_json::from_str(line).context("a BENCH line")?;
-            let name = sample["name"].as_str().unwrap_or_default().to_owned();
-            let unit = sample["unit"].as_str().unwrap_or_default();
-            if !series.contains_key(&name) {
-                order.push(name.clone());
-            }
-            series
-                .entry(name.clone())
-                .or_insert_with(|| Series::new(&name, unit))
-                .push(sample["value"].as_f64().unwrap_or(f64::NAN));
-        }
+        lines.add_output(&output.stdout_text()).context("a BENCH line")?;
     }
+    let series = &lines.series;
     let mut table = String::new();
     writeln!(table, "# virtio devices in a husk microVM\n")?;
     writeln!(
@@ -76,7 +45,7 @@ pub fn run(out: &Path, runs: usize) -> Result<()> {
         info.kernel,
         info.kvm
     )?;
-    table.push_str(&markdown_table(order.iter().map(|n| &series[n]), 1));
+    table.push_str(&markdown_table(lines.ordered(), 1));
     let ratio = |a: &str, b: &str| series.get(a).zip(series.get(b)).map(|(a, b)| a.median() / b.median());
     if let Some(r) = ratio("virtio-net TCP echo throughput", "veth TCP echo throughput") {
         writeln!(table, "\nvirtio-net TCP echo throughput / veth: {r:.2}.")?;
@@ -89,8 +58,7 @@ pub fn run(out: &Path, runs: usize) -> Result<()> {
         "\nQEMU + virtiofsd, the intended virtio-fs reference, is not measured: no virtiofsd package installs here."
     )?;
     std::fs::write(out.join("devices.md"), &table)?;
-    let all: Vec<&Series> = order.iter().map(|n| &series[n]).collect();
-    std::fs::write(out.join("devices.json"), serde_json::to_string_pretty(&all)?)?;
+    std::fs::write(out.join("devices.json"), serde_json::to_string_pretty(&lines.ordered())?)?;
     print!("{table}");
     Ok(())
 }

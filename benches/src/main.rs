@@ -5,7 +5,10 @@
 //!                                  beside QEMU's microvm on the same guest
 //!   husk-bench devices [--runs N]  vsock, virtio-net and virtio-fs speed in a
 //!                                  microVM, beside veth and the host's own file system
+//!   husk-bench containers [--runs N]  OCI containers in a microVM: create → first
+//!                                  instruction, exec round trip, stdout throughput
 
+mod containers;
 mod devices;
 mod stats;
 mod vmm;
@@ -43,6 +46,43 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// OCI containers run by the guest agent: create → the container's
+    /// first instruction, exec round trip, stdout throughput.
+    Containers {
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+    },
+}
+
+/// The command line of a test-host suite (`target/debug/SUITE ARGS…`)
+/// booting the release husk-vmm with the project's vmlinux and `initrd`.
+fn suite_argv(suite: &str, args: &[&str], initrd: &str) -> Result<Vec<String>> {
+    let artifact = |name: &str| -> Result<String> {
+        Ok(husk_tests::paths::artifact(name).map_err(anyhow::Error::msg)?.to_string_lossy().into_owned())
+    };
+    let mut argv = vec![husk_tests::paths::repo_dir().join("target/debug").join(suite).to_string_lossy().into_owned()];
+    argv.extend(args.iter().map(|a| a.to_string()));
+    argv.extend([
+        "--vmm".into(),
+        release_vmm()?.to_string_lossy().into_owned(),
+        "--kernel".into(),
+        artifact("vmlinux")?,
+        "--initrd".into(),
+        artifact(initrd)?,
+    ]);
+    Ok(argv)
+}
+
+/// The release husk-vmm the benchmarks measure: `HUSK_VMM_BIN`, else
+/// target/release/husk-vmm.
+fn release_vmm() -> Result<PathBuf> {
+    let vmm = std::env::var_os("HUSK_VMM_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| husk_tests::paths::repo_dir().join("target/release/husk-vmm"));
+    if !vmm.is_file() {
+        anyhow::bail!("{} is missing: `cargo build --release -p husk-vmm` (benches/run.sh does)", vmm.display());
+    }
+    Ok(vmm)
 }
 
 fn main() -> Result<()> {
@@ -52,5 +92,6 @@ fn main() -> Result<()> {
     match cli.command {
         Cmd::Vmm { runs, socket_runs } => vmm::run(&out, runs, socket_runs),
         Cmd::Devices { runs } => devices::run(&out, runs),
+        Cmd::Containers { runs } => containers::run(&out, runs),
     }
 }

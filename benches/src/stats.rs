@@ -96,3 +96,33 @@ mod tests {
         assert!(Series::new("empty", "ms").median().is_nan());
     }
 }
+
+/// Series read from a suite's `BENCH {"name", "unit", "value"}` lines, in
+/// the order their names first appear.
+#[derive(Default)]
+pub struct BenchLines {
+    pub order: Vec<String>,
+    pub series: std::collections::BTreeMap<String, Series>,
+}
+
+impl BenchLines {
+    pub fn add_output(&mut self, stdout: &str) -> anyhow::Result<()> {
+        for line in stdout.lines().filter_map(|l| l.strip_prefix("BENCH ")) {
+            let sample: serde_json::Value = serde_json::from_str(line)?;
+            let name = sample["name"].as_str().unwrap_or_default().to_owned();
+            let unit = sample["unit"].as_str().unwrap_or_default();
+            if !self.series.contains_key(&name) {
+                self.order.push(name.clone());
+            }
+            self.series
+                .entry(name.clone())
+                .or_insert_with(|| Series::new(&name, unit))
+                .push(sample["value"].as_f64().unwrap_or(f64::NAN));
+        }
+        Ok(())
+    }
+
+    pub fn ordered(&self) -> Vec<&Series> {
+        self.order.iter().map(|n| &self.series[n]).collect()
+    }
+}

@@ -12,7 +12,7 @@
 
 use std::fmt::Write as _;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -28,17 +28,6 @@ use crate::stats::{markdown_table, Series};
 const BOOT_ARGS: &str =
     "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd quiet nowatchdog nosoftlockup";
 const TIMEOUT_SECS: u64 = 300;
-
-fn release_vmm() -> Result<PathBuf> {
-    let path = match std::env::var_os("HUSK_VMM_BIN") {
-        Some(path) => PathBuf::from(path),
-        None => paths::repo_dir().join("target/release/husk-vmm"),
-    };
-    if !path.is_file() {
-        bail!("{} is missing: `cargo build --release -p husk-vmm` (benches/run.sh does)", path.display());
-    }
-    Ok(path)
-}
 
 /// CPU time a process and all its threads have used, from schedstat (ns
 /// resolution, unlike the clock ticks of /proc/PID/stat).
@@ -122,7 +111,7 @@ fn printk_ready_ms(output: &RunOutput) -> Result<f64> {
 }
 
 pub fn run(out: &Path, runs: usize, socket_runs: usize) -> Result<()> {
-    let vmm = release_vmm()?;
+    let vmm = crate::release_vmm()?;
     eprintln!("husk-bench vmm: {socket_runs} API socket start-ups here");
     let (socket_wall, socket_cpu) = api_socket_startup(&vmm, socket_runs)?;
 
