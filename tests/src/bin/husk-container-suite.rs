@@ -83,9 +83,13 @@ fn boot(setup: &Setup, rootfs: &Path, name: &str) -> Result<Guest> {
     let uds = setup.work.join(format!("{name}.vsock"));
     let tap = format!("hskc{}", std::process::id() % 100000);
     let tap_guard = host_tap(&tap, &format!("{HOST_ADDR}/24"))?;
-    // One vCPU: in the nested test host (QEMU's emulated SVM under KVM) a
-    // second L2 vCPU stalls now and then (RCU stall reports in the guest,
-    // the vCPU thread spinning), which a test cannot tell from an agent bug.
+    // One vCPU: in the nested test host a guest vCPU now and then stops
+    // making progress, its thread spinning in the test host's KVM, which
+    // emulates one instruction and injects a page fault over and over
+    // (debugfs: insn_emulation and pf_guest climbing together, nothing
+    // else). With two vCPUs it happened in one run of three (an RCU stall
+    // in the guest), with one far less often; a test cannot tell it from
+    // an agent bug.
     let devices = serde_json::json!({
         "network-interfaces": [{ "iface_id": "eth0", "host_dev_name": tap, "guest_mac": GUEST_MAC }],
         "machine-config": { "vcpu_count": 1, "mem_size_mib": 512 },
