@@ -173,3 +173,81 @@ fn handle(registry: &Registry, request: Request) -> Response {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use husk_api::agent_protocol::{read_frame, FrameHeader, MAX_BODY_LEN};
+
+    use super::*;
+
+    /// Runs `serve` on one end of a socket pair; returns the other end.
+    fn connected() -> (UnixStream, std::thread::JoinHandle<Result<(), FrameError>>) {
+        let (host, agent) = UnixStream::pair().unwrap();
+        let server = std::thread::spawn(move || serve(agent, &Registry::default()));
+        (host, server)
+    }
+
+    fn error_kind(response: Response) -> ErrorKind {
+        match response {
+            Response::Error(err) => err.kind,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn requests_are_answered_until_the_host_hangs_up() {
+        let (mut host, server) = connected();
+        write_frame(&mut host, &Request::Ping).unwrap();
+        assert!(matches!(read_frame::<Response>(&mut host).unwrap(), Response::Pong { .. }));
+        write_frame(&mut host, &Request::Start { container_id: "nope".into() }).unwrap();
+        assert_eq!(error_kind(read_frame(&mut host).unwrap()), ErrorKind::NotFound);
+        // An undecodable body is refused and the connection goes on.
+        let body = br#"{"op":"format_disk"}"#;
+        host.write_all(&FrameHeader { version: PROTOCOL_VERSION, len: body.len() as u32 }.encode()).unwrap();
+        host.write_all(body).unwrap();
+        assert_eq!(error_kind(read_frame(&mut host).unwrap()), ErrorKind::BadRequest);
+        write_frame(&mut host, &Request::SetHostname { hostname: "bad host name".into() }).unwrap();
+        assert_eq!(error_kind(read_frame(&mut host).unwrap()), ErrorKind::BadRequest);
+        drop(host);
+        server.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn another_version_is_answered_in_ours_and_the_connection_closed() {
+        let (mut host, server) = connected();
+        let body = br#"{"op":"ping"}"#;
+        host.write_all(&FrameHeader { version: PROTOCOL_VERSION + 1, len: body.len() as u32 }.encode()).unwrap();
+        host.write_all(body).unwrap();
+        let (header, reply) = read_raw_frame(&mut host).unwrap();
+        assert_eq!(header.version, PROTOCOL_VERSION);
+        let reply: Response = serde_json::from_slice(&reply).unwrap();
+        assert_eq!(error_kind(reply), ErrorKind::VersionMismatch);
+        assert!(matches!(read_raw_frame(&mut host), Err(FrameError::Closed)));
+        server.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn garbage_and_oversized_frames_end_the_connection_with_a_reason() {
+        for bytes in
+            [b"GET / HTTP/1.1\r\n\r\n".to_vec(), FrameHeader { version: 1, len: MAX_BODY_LEN + 1 }.encode().to_vec()]
+        {
+            let (mut host, server) = connected();
+            host.write_all(&bytes).unwrap();
+            assert_eq!(error_kind(read_frame(&mut host).unwrap()), ErrorKind::BadRequest);
+            // Closed, or reset when the agent hung up on bytes it never read.
+            assert!(matches!(read_raw_frame(&mut host), Err(FrameError::Closed | FrameError::Io(_))));
+            server.join().unwrap().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_frame_cut_short_is_an_error_not_a_hang() {
+        let (mut host, server) = connected();
+        host.write_all(&FrameHeader { version: PROTOCOL_VERSION, len: 100 }.encode()).unwrap();
+        host.write_all(b"{\"op\":").unwrap();
+        host.shutdown(std::net::Shutdown::Write).unwrap();
+        assert!(matches!(server.join().unwrap(), Err(FrameError::Io(_))));
+    }
+}
