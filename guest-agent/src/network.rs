@@ -80,12 +80,7 @@ pub fn configure(request: &NetRequest) -> io::Result<()> {
         }
         socket.ioctl(libc::SIOCSIFHWADDR, &mut req, "setting eth0's MAC")?;
     }
-    let mut req = ifreq(INTERFACE);
-    req.ifr_ifru.ifru_addr = sockaddr_in(request.address);
-    socket.ioctl(libc::SIOCSIFADDR, &mut req, "setting eth0's address")?;
-    let mut req = ifreq(INTERFACE);
-    req.ifr_ifru.ifru_netmask = sockaddr_in(netmask(request.prefix));
-    socket.ioctl(libc::SIOCSIFNETMASK, &mut req, "setting eth0's netmask")?;
+    set_address(&socket, INTERFACE, request.address, request.prefix)?;
     set_up(INTERFACE, &socket)?;
     if let Some(gateway) = request.gateway {
         // SAFETY: rtentry is plain data; all zeroes is a valid value.

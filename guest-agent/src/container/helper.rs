@@ -71,15 +71,8 @@ impl Operation<'_> {
 /// Runs `operation` in a helper process and returns the pid it reports
 /// (the container's init or the exec'd process), if any.
 pub fn run(operation: Operation, stdio: ChildStdio) -> Result<Option<i32>, String> {
-    let (result_read, result_write) = {
-        let mut fds = [0; 2];
-        // SAFETY: fds is a valid two-element array.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-            return Err(format!("creating the helper's result pipe: {}", io::Error::last_os_error()));
-        }
-        // SAFETY: two fresh fds, owned from here on.
-        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
-    };
+    let (result_read, result_write) =
+        super::process::pipe().map_err(|err| format!("creating the helper's result pipe: {err}"))?;
     let stdio_of = |fd: Option<OwnedFd>| fd.map(Stdio::from).unwrap_or_else(Stdio::null);
     let mut command = Command::new("/proc/self/exe");
     command

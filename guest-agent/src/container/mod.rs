@@ -28,7 +28,7 @@ use husk_api::agent_protocol::{
 };
 
 pub use process::Pump;
-use process::{ChildStdio, HostStdio, Process};
+use process::{lock, ChildStdio, HostStdio, Process};
 use spec::{GuestLayout, MountedShare};
 
 /// Where containers' guest-side directories live.
@@ -69,10 +69,6 @@ impl Container {
                 .ok_or_else(|| error(ErrorKind::NotFound, format!("container {} has no process {exec_id:?}", self.id))),
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Every container of the VM.
@@ -340,22 +336,20 @@ fn create_dir(path: &Path) -> std::io::Result<()> {
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path)
 }
 
+/// Mounts a share with the agent's one virtio-fs mount (as for
+/// `husk.mount=`), its error in the protocol's terms.
 fn mount_share(tag: &str, path: &Path, read_only: bool) -> Result<(), AgentError> {
-    let fail = |message: String| {
-        error(ErrorKind::InvalidSpec, format!("mounting virtio-fs tag {tag:?} on {}: {message}", path.display()))
-    };
-    create_dir(path).map_err(|e| fail(e.to_string()))?;
-    let cstr = |s: &str| CString::new(s).map_err(|_| fail("NUL in the tag or path".into()));
-    let (source, target, fstype) = (cstr(tag)?, cstr(&path.display().to_string())?, cstr("virtiofs")?);
-    let flags = libc::MS_NODEV | if read_only { libc::MS_RDONLY } else { 0 };
-    // SAFETY: valid NUL-terminated strings that outlive the call; no data.
-    let rc = unsafe { libc::mount(source.as_ptr(), target.as_ptr(), fstype.as_ptr(), flags, std::ptr::null()) };
-    if rc != 0 {
-        let err = std::io::Error::last_os_error();
-        let hint = if err.raw_os_error() == Some(libc::ENOENT) { " (the VM has no share with that tag)" } else { "" };
-        return Err(fail(format!("{err}{hint}")));
-    }
-    Ok(())
+    let request =
+        crate::cmdline::MountRequest { tag: tag.to_owned(), path: path.display().to_string(), read_only, dax: false };
+    crate::mounts::mount_virtiofs(&request).map_err(|err| {
+        let hint = match &err {
+            crate::AgentError::MountShare { source, .. } if source.raw_os_error() == Some(libc::ENOENT) => {
+                " (the VM has no share with that tag)"
+            }
+            _ => "",
+        };
+        error(ErrorKind::InvalidSpec, format!("{err}{hint}"))
+    })
 }
 
 fn undo_mounts(mounts: &[PathBuf]) {

@@ -48,7 +48,8 @@ pub fn pipes(with_stdin: bool) -> io::Result<(HostStdio, ChildStdio)> {
     Ok((host, child))
 }
 
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+/// A close-on-exec pipe: (read end, write end).
+pub(super) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: fds is a valid two-element array; close-on-exec keeps these
     // ends out of every other child (the helper gets its own by dup2).
@@ -198,7 +199,9 @@ impl Process {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Locks, ignoring poison: a panic while holding one of these locks
+/// powers the VM off (the panic hook), so nobody sees poisoned state.
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
