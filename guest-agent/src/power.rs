@@ -75,14 +75,7 @@ pub fn power_off(status: u8) -> ! {
     unsafe { libc::sync() };
     // The power-off write ends the VM at once: let the console finish
     // sending what was written to it first.
-    let _ = std::io::Write::flush(&mut std::io::stdout());
-    let _ = std::io::Write::flush(&mut std::io::stderr());
-    // SAFETY: tcdrain on the standard descriptors; fails harmlessly if they
-    // are not terminals.
-    unsafe {
-        libc::tcdrain(1);
-        libc::tcdrain(2);
-    }
+    drain_console();
     signal_vmm(GuestSignal::PowerOff { status });
     let can_power_off = std::path::Path::new("/sys/firmware/acpi").exists();
     let cmd = if can_power_off { libc::RB_POWER_OFF } else { libc::RB_AUTOBOOT };
@@ -92,6 +85,19 @@ pub fn power_off(status: u8) -> ! {
     loop {
         // SAFETY: pause has no preconditions; PID 1 must not return.
         unsafe { libc::pause() };
+    }
+}
+
+/// Returns once everything written to stdout and stderr has left the
+/// console's transmitter.
+pub fn drain_console() {
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    let _ = std::io::Write::flush(&mut std::io::stderr());
+    // SAFETY: tcdrain on the standard descriptors; fails harmlessly if they
+    // are not terminals.
+    unsafe {
+        libc::tcdrain(1);
+        libc::tcdrain(2);
     }
 }
 

@@ -19,6 +19,10 @@ pub fn announce() {
     let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
     let cpus = u32::try_from(online).ok();
     println!("{}", ReadyLine { uptime, printk, cpus }.format());
+    // The boot-complete write makes the VMM log a line at once; a VMM that
+    // sends the console to its own stdout would otherwise log it between
+    // the ready line's bytes still in the tty's buffer.
+    power::drain_console();
     power::signal_vmm(GuestSignal::BootComplete);
 }
 

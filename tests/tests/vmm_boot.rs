@@ -51,11 +51,7 @@ fn boots_through_the_api_and_power_off_ends_the_vmm_with_status_0() {
 
 #[test]
 fn two_vcpus_come_up_and_the_guest_sees_both() {
-    // Stopped through the API once the ready line is out, not by the
-    // agent's own power-off right after printing it: with two vCPUs in the
-    // nested test host that power-off sometimes overtook the line's last
-    // bytes on the console, failing this test for a reason it is not about.
-    let output = api_boot(2, "husk.ready_action=wait", "ctrl-alt-del");
+    let output = api_boot(2, "husk.ready_action=poweroff", "wait");
     assert_eq!(output.report.code, Some(0), "{}", describe(&output));
     assert_eq!(ready_line(&output).cpus, Some(2), "{}", describe(&output));
 }
