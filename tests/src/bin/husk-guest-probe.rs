@@ -302,9 +302,11 @@ fn fs_dax(dax_dir: &Path, plain_dir: &Path) -> io::Result<()> {
         std::fs::read(dax_dir.join("seq.bin"))? == std::fs::read(plain_dir.join("seq.bin"))?,
         "the same bytes with and without DAX",
     )?;
-    println!(
-        "husk-guest-probe: seq-read bytes={expected} dax_mib_per_s={dax_speed:.1} plain_mib_per_s={plain_speed:.1}"
-    );
+    // Also into the plain share, where the host reads it: a kernel message
+    // (an RCU stall report in the nested test host) can split a console line.
+    let line = format!("seq-read bytes={expected} dax_mib_per_s={dax_speed:.1} plain_mib_per_s={plain_speed:.1}");
+    std::fs::write(plain_dir.join("seq-read.txt"), format!("{line}\n"))?;
+    println!("husk-guest-probe: {line}");
     println!("husk-guest-probe: fs-dax done");
     Ok(())
 }
