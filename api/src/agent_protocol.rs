@@ -126,6 +126,23 @@ pub enum Request {
     /// Resource usage of a container's cgroup; answered with
     /// [`Response::Stats`].
     Stats { container_id: ContainerId },
+    /// Changes the resource limits of a created or running container (OCI
+    /// `update`): each field of `resources` that is set and has a cgroup v2
+    /// file (memory limit, reservation and swap; CPU shares, quota, period,
+    /// cpus and mems; pids limit) is written, converted as runc converts
+    /// it; fields left unset keep their values. Answered with
+    /// [`Response::Done`]. Added after version 1 was fixed: an agent that
+    /// predates it answers [`ErrorKind::BadRequest`].
+    Update {
+        container_id: ContainerId,
+        /// Boxed because it dwarfs every other request.
+        resources: Box<oci_spec::runtime::LinuxResources>,
+    },
+    /// Freezes (`frozen: true`) or thaws every process of a container
+    /// through its cgroup (OCI `pause`/`resume`); answered with
+    /// [`Response::Done`] once the cgroup reports the new state. Added
+    /// after version 1 was fixed, like `update`.
+    Freeze { container_id: ContainerId, frozen: bool },
     /// Configures the guest's network interfaces, routes and resolver.
     /// Applies to the whole VM; containers created afterwards that do not
     /// mount their own `/etc/resolv.conf` get the resolver configuration.
@@ -157,6 +174,8 @@ impl Request {
             Self::CloseStdin { .. } => "close_stdin",
             Self::ResizePty { .. } => "resize_pty",
             Self::Stats { .. } => "stats",
+            Self::Update { .. } => "update",
+            Self::Freeze { .. } => "freeze",
             Self::ConfigureNetwork(_) => "configure_network",
             Self::SetHostname { .. } => "set_hostname",
             Self::Delete { .. } => "delete",
@@ -571,6 +590,18 @@ mod tests {
             Request::Signal { container_id: "c1".into(), exec_id: Some("e1".into()), signal: 15, all: false },
             Request::AttachStdio { container_id: "c1".into(), exec_id: None, stream: StdioStream::Pty },
             Request::ResizePty { container_id: "c1".into(), exec_id: None, rows: 40, cols: 120 },
+            Request::Update {
+                container_id: "c1".into(),
+                resources: Box::new(
+                    serde_json::from_value(serde_json::json!({
+                        "memory": { "limit": 50331648, "swap": -1 },
+                        "cpu": { "shares": 512, "quota": 50000, "period": 100000, "cpus": "0" },
+                        "pids": { "limit": 20 },
+                    }))
+                    .unwrap(),
+                ),
+            },
+            Request::Freeze { container_id: "c1".into(), frozen: true },
             Request::ConfigureNetwork(NetworkConfig {
                 interfaces: vec![InterfaceConfig {
                     name: "eth0".into(),
@@ -589,6 +620,18 @@ mod tests {
         ] {
             assert_eq!(roundtrip(&request), request);
         }
+    }
+
+    #[test]
+    fn an_update_carries_oci_linux_resources() {
+        let body = br#"{"op":"update","container_id":"c1","resources":{"memory":{"limit":-1},"pids":{"limit":5}}}"#;
+        let request: Request = serde_json::from_slice(body).unwrap();
+        assert_eq!(request.op(), "update");
+        let Request::Update { container_id, resources } = request else { panic!("decoded as {request:?}") };
+        assert_eq!(container_id, "c1");
+        assert_eq!(resources.memory().as_ref().and_then(|m| m.limit()), Some(-1));
+        assert_eq!(resources.pids().as_ref().map(|p| p.limit()), Some(5));
+        assert!(resources.cpu().is_none());
     }
 
     #[test]

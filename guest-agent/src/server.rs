@@ -165,6 +165,8 @@ fn handle(registry: &Registry, request: Request) -> Response {
             done(registry.resize_pty(&container_id, exec_id.as_deref(), rows, cols))
         }
         Request::Stats { container_id } => registry.stats(&container_id).map_or_else(Response::Error, Response::Stats),
+        Request::Update { container_id, resources } => done(registry.update(&container_id, &resources)),
+        Request::Freeze { container_id, frozen } => done(registry.freeze(&container_id, frozen)),
         Request::ConfigureNetwork(config) => done(network::apply(&config).map_err(net_error)),
         Request::SetHostname { hostname } => done(network::set_hostname(&hostname).map_err(net_error)),
         Request::Delete { container_id, force } => done(registry.delete(&container_id, force)),
@@ -202,6 +204,8 @@ mod tests {
         write_frame(&mut host, &Request::Ping).unwrap();
         assert!(matches!(read_frame::<Response>(&mut host).unwrap(), Response::Pong { .. }));
         write_frame(&mut host, &Request::Start { container_id: "nope".into() }).unwrap();
+        assert_eq!(error_kind(read_frame(&mut host).unwrap()), ErrorKind::NotFound);
+        write_frame(&mut host, &Request::Update { container_id: "nope".into(), resources: Box::default() }).unwrap();
         assert_eq!(error_kind(read_frame(&mut host).unwrap()), ErrorKind::NotFound);
         // An undecodable body is refused and the connection goes on.
         let body = br#"{"op":"format_disk"}"#;

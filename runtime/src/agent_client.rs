@@ -22,6 +22,7 @@ use husk_api::agent_protocol::{
     read_frame, write_frame, AgentError, ContainerStats, CreateContainer, ExecProcess, ExitStatus, FrameError,
     NetworkConfig, Request, Response, StdioStream, AGENT_PORT,
 };
+use oci_spec::runtime::LinuxResources;
 
 /// How long a control request may wait for its answer (and the VMM for
 /// the guest to take a new connection). Creating a container in an
@@ -270,6 +271,19 @@ impl AgentClient {
         }
     }
 
+    /// Changes a created or running container's resource limits (OCI
+    /// `update`): the agent writes each field that is set to the
+    /// container's cgroup and leaves the others as they are. An agent that
+    /// predates the operation refuses it as a bad request.
+    pub fn update(&self, container_id: &str, resources: LinuxResources) -> Result<(), ClientError> {
+        self.done(Request::Update { container_id: container_id.to_owned(), resources: Box::new(resources) })
+    }
+
+    /// Freezes or thaws every process of a container (OCI pause/resume).
+    pub fn freeze(&self, container_id: &str, frozen: bool) -> Result<(), ClientError> {
+        self.done(Request::Freeze { container_id: container_id.to_owned(), frozen })
+    }
+
     /// Configures the guest's interfaces, routes and resolver.
     pub fn configure_network(&self, config: NetworkConfig) -> Result<(), ClientError> {
         self.done(Request::ConfigureNetwork(config))
@@ -476,7 +490,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{mpsc, Arc};
 
-    use husk_api::agent_protocol::{ErrorKind, FrameHeader, PROTOCOL_VERSION};
+    use husk_api::agent_protocol::{read_raw_frame, ErrorKind, FrameHeader, PROTOCOL_VERSION};
 
     use super::*;
 
@@ -753,6 +767,11 @@ mod tests {
         }))
         .unwrap();
         let network = NetworkConfig::default();
+        let resources: LinuxResources = serde_json::from_value(serde_json::json!({
+            "memory": { "limit": 50331648 },
+            "pids": { "limit": 20 },
+        }))
+        .unwrap();
         let client = AgentClient::new(dir.socket());
         assert_eq!(client.exec(exec.clone()).unwrap(), Started { pid: 77, received_us: 5 });
         client.signal("web", Some("e1"), 15, false).unwrap();
@@ -760,6 +779,7 @@ mod tests {
         client.close_stdin("web", Some("e1")).unwrap();
         client.resize_pty("web", Some("e1"), 40, 120).unwrap();
         assert_eq!(client.stats("web").unwrap(), stats);
+        client.update("web", resources.clone()).unwrap();
         client.configure_network(network.clone()).unwrap();
         client.set_hostname("box").unwrap();
         client.delete("web", true).unwrap();
@@ -776,11 +796,48 @@ mod tests {
                 Request::CloseStdin { container_id: web(), exec_id: e1() },
                 Request::ResizePty { container_id: web(), exec_id: e1(), rows: 40, cols: 120 },
                 Request::Stats { container_id: web() },
+                Request::Update { container_id: web(), resources: Box::new(resources) },
                 Request::ConfigureNetwork(network),
                 Request::SetHostname { hostname: "box".into() },
                 Request::Delete { container_id: web(), force: true },
             ]
         );
+    }
+
+    #[test]
+    fn update_sends_oci_resources_and_reports_an_older_agents_refusal() {
+        let dir = TempDir::new();
+        let fake = fake_agent(&dir.socket(), 1, |_, mut stream| {
+            let (_, body) = read_raw_frame(&mut stream).unwrap();
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(
+                body,
+                serde_json::json!({
+                    "op": "update",
+                    "container_id": "web",
+                    "resources": { "memory": { "limit": 50331648 }, "cpu": { "quota": 50000, "period": 100000 } },
+                })
+            );
+            write_frame(&mut stream, &Response::Done).unwrap();
+            // What an agent from before the operation answers.
+            read_raw_frame(&mut stream).unwrap();
+            let refusal = AgentError { kind: ErrorKind::BadRequest, message: "unknown variant `update`".into() };
+            write_frame(&mut stream, &Response::Error(refusal)).unwrap();
+            assert!(matches!(read_raw_frame(&mut stream), Err(FrameError::Closed)));
+        });
+        let resources: LinuxResources = serde_json::from_value(serde_json::json!({
+            "memory": { "limit": 50331648 },
+            "cpu": { "quota": 50000, "period": 100000 },
+        }))
+        .unwrap();
+        let client = AgentClient::new(dir.socket());
+        client.update("web", resources.clone()).unwrap();
+        match client.update("web", resources) {
+            Err(ClientError::Agent { op: "update", source }) => assert_eq!(source.kind, ErrorKind::BadRequest),
+            other => panic!("expected the agent's refusal, got {other:?}"),
+        }
+        drop(client);
+        fake.join().unwrap();
     }
 
     #[test]

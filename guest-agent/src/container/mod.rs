@@ -26,6 +26,7 @@ use husk_api::agent_protocol::{
     validate_id, AgentError, ContainerStats, CreateContainer, ErrorKind, ExecProcess, ExitStatus, StdioConfig,
     StdioStream,
 };
+use oci_spec::runtime::LinuxResources;
 
 pub use process::Pump;
 use process::{lock, ChildStdio, HostStdio, Process};
@@ -270,6 +271,38 @@ impl Registry {
     pub fn stats(&self, id: &str) -> Result<ContainerStats, AgentError> {
         self.get(id)?;
         cgroup::stats(id).map_err(|e| error(ErrorKind::Internal, format!("reading {id}'s cgroup: {e}")))
+    }
+
+    /// OCI update: writes the limits set in `resources` to the container's
+    /// cgroup. A created container counts as live (its init is waiting in
+    /// the cgroup); one whose init has exited has nothing left to limit.
+    pub fn update(&self, id: &str, resources: &LinuxResources) -> Result<(), AgentError> {
+        let container = self.get(id)?;
+        if container.init.exit_status().is_some() {
+            return Err(error(ErrorKind::InvalidState, format!("container {id} has exited")));
+        }
+        let writes = cgroup::resource_writes(resources, |file| cgroup::read(id, file).ok())
+            .map_err(|e| error(ErrorKind::InvalidSpec, e.to_string()))?;
+        let ignored = cgroup::ignored_resources(resources);
+        if !ignored.is_empty() && crate::cmdline::debug_enabled() {
+            eprintln!(
+                "husk-agent: debug: update of {id}: ignoring {} (no cgroup v2 file for them)",
+                ignored.join(", ")
+            );
+        }
+        cgroup::apply(id, &writes).map_err(|e| error(ErrorKind::Internal, format!("updating {id}'s cgroup: {e}")))
+    }
+
+    /// OCI pause/resume: freezes or thaws the container's cgroup and
+    /// returns once the kernel reports it done.
+    pub fn freeze(&self, id: &str, frozen: bool) -> Result<(), AgentError> {
+        let container = self.get(id)?;
+        if container.init.exit_status().is_some() {
+            return Err(error(ErrorKind::InvalidState, format!("container {id} has exited")));
+        }
+        cgroup::freeze(id, frozen).map_err(|e| {
+            error(ErrorKind::Internal, format!("{} {id}'s cgroup: {e}", if frozen { "freezing" } else { "thawing" }))
+        })
     }
 
     /// Removes a container: with `force` its processes are killed first.

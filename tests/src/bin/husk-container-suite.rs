@@ -252,6 +252,7 @@ fn checks(_setup: &Setup, rootfs: &Path, guest: Guest) -> Result<()> {
     network(agent)?;
     big_stdout(agent)?;
     oom(agent)?;
+    update(agent)?;
     seccomp(agent)?;
     bad_input(agent, &guest)?;
 
@@ -528,6 +529,51 @@ fn oom(agent: &AgentClient) -> Result<()> {
     println!(
         "ok: a 32 MiB limit in the guest OOM-kills a 100 MB hog and reports it ({status:?}, {} OOM kills)",
         stats.memory_oom_kills
+    );
+    Ok(())
+}
+
+/// OCI update: limits set on a running container that had none reach its
+/// cgroup, as the container itself sees it.
+fn update(agent: &AgentClient) -> Result<()> {
+    agent.create(create_request("update", spec(&["sleep", "1000"]), StdioConfig::default()))?;
+    agent.start("update")?;
+    let before = agent.stats("update")?;
+    ensure!(before.memory_max_bytes.is_none() && before.pids_max.is_none(), "limited from the start: {before:?}");
+    let resources: oci_spec::runtime::LinuxResources = serde_json::from_value(serde_json::json!({
+        "memory": { "limit": 48 << 20 },
+        "pids": { "limit": 20 },
+    }))?;
+    agent.update("update", resources.clone()).context("updating a running container")?;
+    let request = ExecProcess {
+        container_id: "update".into(),
+        exec_id: "limits".into(),
+        process: process(&["cat", "/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/pids.max"], false),
+        user: None,
+        stdio: StdioConfig::default(),
+    };
+    agent.exec(request)?;
+    let stdout = collect(agent.attach("update", Some("limits"), StdioStream::Stdout)?);
+    let stderr = collect(agent.attach("update", Some("limits"), StdioStream::Stderr)?);
+    let status = agent.wait("update", Some("limits"))?;
+    let (text, errors) = (joined(stdout)?, joined(stderr)?);
+    ensure!(status.code == 0 && text == "50331648\n20\n", "{status:?} stdout {text:?} stderr {errors:?}");
+    let after = agent.stats("update")?;
+    ensure!(after.memory_max_bytes == Some(48 << 20) && after.pids_max == Some(20), "{after:?}");
+    match agent.update("no-such-container", resources.clone()) {
+        Err(ClientError::Agent { source, .. }) if source.kind == ErrorKind::NotFound => {}
+        other => bail!("updating a missing container: {other:?}"),
+    }
+    agent.signal("update", None, libc::SIGKILL, false)?;
+    agent.wait("update", None)?;
+    match agent.update("update", resources) {
+        Err(ClientError::Agent { source, .. }) if source.kind == ErrorKind::InvalidState => {}
+        other => bail!("updating an exited container: {other:?}"),
+    }
+    agent.delete("update", false)?;
+    println!(
+        "ok: update sets a running container's memory.max to 48 MiB and pids.max to 20, as it sees them; \
+         a missing container is not found, an exited one in the wrong state"
     );
     Ok(())
 }
