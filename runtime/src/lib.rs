@@ -1,8 +1,18 @@
 //! husk's OCI runtime: runs each container in its own microVM and drives
-//! the guest agent inside it. For now this is the host side of the agent
-//! protocol ([`husk_api::agent_protocol`]); the runtime's command line comes
-//! on top of it.
+//! the guest agent inside it. The `husk` binary (src/main.rs) is the
+//! runc-compatible command line; this library holds its parts.
 
 pub mod agent_client;
+pub mod assets;
+pub mod container_state;
+pub mod features;
+pub mod host_cgroup;
+pub mod monitor;
+pub mod network;
+pub mod shares;
+pub mod sizing;
+pub mod spec_template;
+pub mod stdio;
+pub mod vmm_client;
 
 pub use agent_client::{AgentClient, ClientError, Pong, Started};
