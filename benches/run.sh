@@ -6,6 +6,6 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 scripts/build.sh
-cargo build --locked --release -p husk-vmm
+cargo build --locked --release -p husk-vmm -p husk-runtime
 cargo build --locked -p husk-benches
 exec target/debug/husk-bench "${@:-vmm}"

@@ -10,6 +10,7 @@
 
 mod containers;
 mod devices;
+mod engines;
 mod stats;
 mod vmm;
 
@@ -52,6 +53,12 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         runs: usize,
     },
+    /// `podman run --rm … /bin/true` and `run` of a bundle with husk, crun
+    /// and runc in the test host.
+    Engines {
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+    },
 }
 
 /// The command line of a test-host suite (`target/debug/SUITE ARGS…`)
@@ -93,5 +100,6 @@ fn main() -> Result<()> {
         Cmd::Vmm { runs, socket_runs } => vmm::run(&out, runs, socket_runs),
         Cmd::Devices { runs } => devices::run(&out, runs),
         Cmd::Containers { runs } => containers::run(&out, runs),
+        Cmd::Engines { rounds } => engines::run(&out, rounds),
     }
 }
