@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what husk needs and builds everything a microVM boot needs:
 # the guest kernel (cached by config), the initramfs with the agent, the
-# nested test host's image, and the workspace's binaries.
+# nested test host's image, the test images, and the workspace's binaries.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
@@ -10,10 +10,12 @@ if ! command -v cargo >/dev/null; then
     echo "build: cargo is not on PATH; husk builds with the machine's Rust toolchain" >&2
     exit 1
 fi
-scripts/install-deps.sh kernel guest testhost
+scripts/install-deps.sh kernel guest testhost engines
 kernel-config/build-kernel.sh
 images/build-initramfs.sh
 # The busybox test container's rootfs, from Debian's busybox-static (skipped when current).
 images/build-busybox-rootfs.sh
+# The same image packed for podman and containerd (skipped when current).
+images/build-engine-images.sh
 tests/testhost/build-host-image.sh
 cargo build --locked --workspace --all-targets

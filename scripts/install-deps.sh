@@ -7,6 +7,9 @@
 #   kernel    what kernel-config/build-kernel.sh needs (linux-source-6.12, toolchain)
 #   guest     what the static agent and the initramfs need
 #   testhost  QEMU and the pieces of the nested test host
+#   engines   podman and containerd with their runtimes and networking, for
+#             tests/tests/engines.rs (they run inside the test host, which
+#             sees this machine's binaries), and umoci for their image
 set -euo pipefail
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }
@@ -26,6 +29,10 @@ for group in "$@"; do
         # qemu-system-x86 and qemu-utils must come from the same suite: the plain
         # bookworm QEMU would replace the machine's backports qemu-utils.
         testhost) want+=(qemu-system-x86 qemu-utils kmod cpio curl); need_backports=1 ;;
+        # netavark (podman's bridge networks) drives iptables (Debian's is the
+        # nft variant); aardvark-dns is its DNS. podman comes without a
+        # network backend otherwise, and with only one of crun and runc.
+        engines) want+=(podman conmon crun runc containerd netavark aardvark-dns iptables umoci iproute2) ;;
         *) log "unknown group '$group'"; exit 2 ;;
     esac
 done
