@@ -237,6 +237,17 @@ fn tap_name(id: &str) -> String {
     format!("hsk{hash:08x}")
 }
 
+/// Drops the swap limit engines add beside a memory limit (podman:
+/// twice the limit): the guest has no swap, so its cgroups have no
+/// memory.swap.max to write, and the memory limit alone is the bound.
+fn without_swap_limit(spec: &mut Spec) {
+    let Some(resources) = spec.linux_mut().as_mut().and_then(|l| l.resources_mut().as_mut()) else { return };
+    if let Some(memory) = resources.memory_mut().as_mut() {
+        memory.set_swap(None);
+        memory.set_swappiness(None);
+    }
+}
+
 /// Boots the VM and creates the container in it; on success the VM and
 /// the staged resources are in `resources`, the agent ready.
 fn launch(
@@ -360,10 +371,12 @@ fn launch(
     let terminal = spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
     let stdio = StdioConfig { stdin: terminal || !stdio::is_dev_null(0), terminal };
     let shares: Vec<VolumeShare> = prepared.volumes.iter().cloned().collect();
+    let mut guest_spec = prepared.spec;
+    without_swap_limit(&mut guest_spec);
     agent
         .create(CreateContainer {
             container_id: request.id.clone(),
-            spec: prepared.spec,
+            spec: guest_spec,
             rootfs: RootfsShare { tag: shares::ROOTFS_TAG.into(), read_only: read_only_root },
             shares,
             user: None,
@@ -651,6 +664,18 @@ pub fn live_exec_monitors(dir: &ContainerDir) -> Vec<HostProcess> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_swap_limit_is_dropped_and_the_memory_limit_kept() {
+        let mut spec: Spec = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "linux": { "resources": { "memory": { "limit": 134217728, "swap": 268435456 } } },
+        }))
+        .unwrap();
+        without_swap_limit(&mut spec);
+        let memory = spec.linux().as_ref().unwrap().resources().as_ref().unwrap().memory().unwrap();
+        assert_eq!((memory.limit(), memory.swap()), (Some(134217728), None));
+    }
 
     #[test]
     fn tap_names_fit_ifnamsiz_and_differ() {
