@@ -491,7 +491,9 @@ fn kill(cli: &Cli, id: &str, signal: Option<&str>, all: bool) -> Result<()> {
     let dir = container(cli, id)?;
     let record = dir.load()?;
     if dir.status(&record) == Status::Stopped {
-        bail!("container {id} is not running");
+        // runc's words: containerd's shim reads "container not running" in
+        // the log as "already finished", which a kill racing the exit is.
+        bail!("{id}: container not running");
     }
     AgentClient::new(dir.file("vsock.sock"))
         .signal(id, None, signal, all)
@@ -813,7 +815,7 @@ fn update(cli: &Cli, args: &UpdateArgs) -> Result<()> {
         }
     }
     match dir.status(&record) {
-        Status::Stopped => bail!("container {} is not running", args.id),
+        Status::Stopped => bail!("{}: container not running", args.id),
         _ => AgentClient::new(dir.file("vsock.sock"))
             .update(&args.id, resources)
             .with_context(|| format!("updating {}", args.id))?,

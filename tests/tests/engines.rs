@@ -4,9 +4,10 @@
 //! overlay storage and netavark bridge networks; containerd with its runc
 //! shim). husk-engine-suite does the work; its `ok:` lines name each check.
 //!
-//! Measured in the nested test host: the crun baseline takes about 1.5 min,
-//! husk's podman checks about 4 min (a VM per container) and its containerd
-//! checks about 1 min. The runc baseline is on demand (`-- --ignored`).
+//! Measured in the nested test host (a loaded 2-core machine): the crun
+//! baseline takes 1.5–2 min, husk's podman checks 3–5 min (a VM per
+//! container) and its containerd checks about 1 min. The runc baseline is on
+//! demand (`-- --ignored`).
 
 mod common;
 
@@ -53,7 +54,12 @@ fn engine_suite(args: &[&str], timeout_secs: u64) {
     argv.extend(["--rootfs".into(), images.join("rootfs").to_string_lossy().into_owned()]);
     let request = RunRequest { argv, timeout_secs, ..Default::default() };
     let output = test_host().run(&request).expect("running the engine suite in the test host");
-    eprintln!("{}", output.stdout_text());
+    eprintln!(
+        "{}husk-engine-suite {}: {:.0} s",
+        output.stdout_text(),
+        args.iter().take(3).copied().collect::<Vec<_>>().join(" "),
+        output.elapsed.as_secs_f64()
+    );
     assert!(output.report.success(), "the engine suite ({}) failed: {}", args.join(" "), describe(&output));
 }
 
