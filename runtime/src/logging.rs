@@ -1,8 +1,7 @@
 //! runc's logging contract: lines to `--log` (else stderr), as text or as
 //! JSON objects `{"level","msg","time"}`. Engines read the last error from
 //! that file when a command fails (containerd's shim shows its `msg`), and
-//! conmon hands the runtime the container's own pipes as stdio, so with
-//! `--log` nothing may go to stderr.
+//! with `--log` only a fatal error also goes to stderr, as runc's does.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;

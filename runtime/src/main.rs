@@ -60,7 +60,12 @@ fn main() -> ExitCode {
     match commands::run(&cli, command) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
+            // As runc: to the log (engines read its last error) and to
+            // stderr (go-runc reports a failed kill or delete with it).
             logging::error(&format!("{err:#}"));
+            if cli.log.is_some() {
+                eprintln!("husk: {err:#}");
+            }
             ExitCode::from(1)
         }
     }
