@@ -1,7 +1,7 @@
 //! The runc-compatible commands.
 
 use std::fs::File;
-use std::io::{BufRead, Read};
+use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -12,9 +12,9 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use clap::Subcommand;
 use husk_runtime::agent_client::AgentClient;
 use husk_runtime::container_state::{
-    self, ContainerDir, ContainerRecord, HostProcess, OciState, Phase, StateError, Status,
+    self, ContainerDir, ContainerRecord, HostProcess, OciState, Phase, StateError, Status, VmRecord,
 };
-use husk_runtime::monitor::{self, ExecLaunch, InitLaunch, Launched, Report};
+use husk_runtime::monitor::{self, ExecLaunch, InitLaunch, Report};
 use husk_runtime::{host_cgroup, network, shares};
 use oci_spec::runtime::{LinuxResources, Process, Spec};
 
@@ -173,17 +173,16 @@ pub fn version_text() -> String {
     format!(
         "husk version {}\nspec: {}\nvmm: husk-vmm (KVM microVM per container)\n",
         env!("CARGO_PKG_VERSION"),
-        oci_spec_version()
+        OCI_SPEC_VERSION
     )
 }
 
-fn oci_spec_version() -> &'static str {
-    "1.0.2-dev"
-}
+/// The runtime-spec version `--version` names, as runc's does.
+const OCI_SPEC_VERSION: &str = "1.0.2-dev";
 
 pub fn run(cli: &Cli, command: Command) -> Result<u8> {
     match command {
-        Command::Create(args) => create(cli, &args, false).map(|_| 0),
+        Command::Create(args) => create(cli, &args).map(|_| 0),
         Command::Start { id } => start(cli, &id).map(|()| 0),
         Command::Run { create: args, detach } => run_container(cli, &args, detach),
         Command::State { id } => state(cli, &id).map(|()| 0),
@@ -222,9 +221,7 @@ fn locked(cli: &Cli, id: &str) -> Result<(ContainerDir, container_state::Lock, C
 }
 
 fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
-    let tmp = path.with_extension("husk-tmp");
-    std::fs::write(&tmp, pid.to_string()).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing the pid file {}", path.display()))
+    container_state::write_atomically(path, pid.to_string().as_bytes()).context("writing the pid file")
 }
 
 /// A pipe whose write end becomes fd 3 of a monitor.
@@ -282,13 +279,31 @@ fn take_report_fd() -> File {
     }
 }
 
-fn read_report_line<T: for<'de> serde::Deserialize<'de>>(from: File) -> Option<Report<T>> {
-    let mut line = String::new();
-    std::io::BufReader::new(from).read_line(&mut line).ok()?;
-    serde_json::from_str(&line).ok()
+/// A monitor's start-up: its report pipe, the signals it handles blocked,
+/// and the launch request `file` its starter left in the container's
+/// directory. On failure the error has been reported already.
+fn monitor_start<T: serde::de::DeserializeOwned>(
+    cli: &Cli,
+    id: &str,
+    file: &str,
+) -> Result<(File, libc::sigset_t, ContainerDir, T), ()> {
+    let report = take_report_fd();
+    let signals = monitor::block_signals();
+    let loaded = container(cli, id).and_then(|dir| {
+        let bytes = std::fs::read(dir.file(file)).with_context(|| format!("reading the launch request {file}"))?;
+        let request = serde_json::from_slice(&bytes).with_context(|| format!("decoding the launch request {file}"))?;
+        Ok((dir, request))
+    });
+    match loaded {
+        Ok((dir, request)) => Ok((report, signals, dir, request)),
+        Err(err) => {
+            monitor::send_report::<()>(report, &Report::Error(format!("{err:#}")));
+            Err(())
+        }
+    }
 }
 
-fn create(cli: &Cli, args: &CreateArgs, _for_run: bool) -> Result<std::process::Child> {
+fn create(cli: &Cli, args: &CreateArgs) -> Result<std::process::Child> {
     let bundle = std::fs::canonicalize(&args.bundle)
         .with_context(|| format!("the bundle {} does not exist", args.bundle.display()))?;
     let spec = Spec::load(bundle.join("config.json"))
@@ -316,7 +331,7 @@ fn create(cli: &Cli, args: &CreateArgs, _for_run: bool) -> Result<std::process::
             return Err(err);
         }
     };
-    let launched = match read_report_line::<Launched>(report) {
+    let launched = match monitor::read_report::<VmRecord>(report) {
         Some(Report::Ok(launched)) => launched,
         Some(Report::Error(message)) => {
             let _ = child.wait();
@@ -338,14 +353,7 @@ fn create(cli: &Cli, args: &CreateArgs, _for_run: bool) -> Result<std::process::
         annotations: spec.annotations().clone().unwrap_or_default().into_iter().collect(),
         phase: Phase::Created,
         monitor,
-        vmm: launched.vmm,
-        rootfs: launched.rootfs,
-        netns: launched.netns,
-        tap: launched.tap,
-        cgroups_path: launched.cgroups_path,
-        volumes: launched.volumes,
-        vcpus: launched.vcpus,
-        mem_mib: launched.mem_mib,
+        vm: launched,
     };
     dir.save(&record)?;
     let _ = std::fs::remove_file(dir.file("launch.json"));
@@ -354,30 +362,14 @@ fn create(cli: &Cli, args: &CreateArgs, _for_run: bool) -> Result<std::process::
     }
     logging::debug(&format!(
         "created {} (monitor {}, husk-vmm {}, {} vCPUs, {} MiB)",
-        args.id, monitor.pid, record.vmm.pid, record.vcpus, record.mem_mib
+        args.id, monitor.pid, record.vm.vmm.pid, record.vm.vcpus, record.vm.mem_mib
     ));
     drop(lock);
     Ok(child)
 }
 
 fn monitor_init(cli: &Cli, id: &str) -> u8 {
-    let report = take_report_fd();
-    let signals = monitor::block_signals();
-    let fail = |report: File, message: String| {
-        monitor::send_report::<Launched>(report, &Report::Error(message));
-        1
-    };
-    let dir = match container(cli, id) {
-        Ok(dir) => dir,
-        Err(err) => return fail(report, err.to_string()),
-    };
-    let request: InitLaunch = match std::fs::read(dir.file("launch.json"))
-        .map_err(anyhow::Error::from)
-        .and_then(|bytes| Ok(serde_json::from_slice(&bytes)?))
-    {
-        Ok(request) => request,
-        Err(err) => return fail(report, format!("reading the launch request: {err}")),
-    };
+    let Ok((report, signals, dir, request)) = monitor_start::<InitLaunch>(cli, id, "launch.json") else { return 1 };
     monitor::run_init(dir, request, report, signals) as u8
 }
 
@@ -398,7 +390,7 @@ fn run_container(cli: &Cli, args: &CreateArgs, detach: bool) -> Result<u8> {
     // Signals for the container go through the monitor, which is in its
     // own session: forward what this process receives.
     let signals = monitor::block_signals();
-    let mut child = create(cli, args, true)?;
+    let mut child = create(cli, args)?;
     if let Err(err) = start(cli, &args.id) {
         let _ = delete(cli, &args.id, true);
         return Err(err);
@@ -425,7 +417,7 @@ fn state(cli: &Cli, id: &str) -> Result<()> {
     let dir = container(cli, id)?;
     let record = dir.load()?;
     let status = dir.status(&record);
-    let state = OciState::of(&record, status, record.rootfs.clone());
+    let state = OciState::of(&record, status);
     println!("{}", serde_json::to_string_pretty(&state)?);
     Ok(())
 }
@@ -506,7 +498,7 @@ fn kill(cli: &Cli, id: &str, signal: Option<&str>, all: bool) -> Result<()> {
 /// cgroup and the state directory.
 fn destroy(dir: &ContainerDir, record: Option<&ContainerRecord>) -> Result<()> {
     if let Some(record) = record {
-        let mut processes = vec![record.monitor, record.vmm];
+        let mut processes = vec![record.monitor, record.vm.vmm];
         processes.extend(monitor::live_exec_monitors(dir));
         for process in &processes {
             if process.is_alive() {
@@ -519,7 +511,7 @@ fn destroy(dir: &ContainerDir, record: Option<&ContainerRecord>) -> Result<()> {
             ensure!(Instant::now() < deadline, "the container's processes survived SIGKILL for 10 s");
             std::thread::sleep(Duration::from_millis(10));
         }
-        if let (Some(netns), Some(tap)) = (&record.netns, &record.tap) {
+        if let (Some(netns), Some(tap)) = (&record.vm.netns, &record.vm.tap) {
             // The engine may have removed the namespace (and the TAP in it)
             // already.
             if netns.exists() {
@@ -528,8 +520,8 @@ fn destroy(dir: &ContainerDir, record: Option<&ContainerRecord>) -> Result<()> {
                 }
             }
         }
-        shares::unstage(&record.volumes);
-        if let Some(path) = &record.cgroups_path {
+        shares::unstage(&record.vm.volumes);
+        if let Some(path) = &record.vm.cgroups_path {
             if let Err(err) = host_cgroup::remove(path, &record.id) {
                 logging::warn(&format!("removing the host cgroup {path}: {err}"));
             }
@@ -556,13 +548,12 @@ fn delete(cli: &Cli, id: &str, force: bool) -> Result<()> {
     destroy(&dir, Some(&record))
 }
 
-fn exec_process(cli: &Cli, args: &ExecArgs, record: &ContainerRecord) -> Result<Process> {
+fn exec_process(args: &ExecArgs, record: &ContainerRecord) -> Result<Process> {
     if let Some(path) = &args.process {
         let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         return serde_json::from_slice(&text).with_context(|| format!("{} is not an OCI process", path.display()));
     }
     ensure!(!args.command.is_empty(), "exec needs a command or --process");
-    let _ = cli;
     let spec = Spec::load(record.bundle.join("config.json")).map_err(|err| anyhow!("reading the bundle: {err}"))?;
     let mut process = spec.process().clone().unwrap_or_default();
     process.set_args(Some(args.command.clone()));
@@ -613,7 +604,7 @@ fn exec(cli: &Cli, args: &ExecArgs) -> Result<u8> {
         Status::Running | Status::Created => {}
         status => bail!("cannot exec in a {status} container"),
     }
-    let mut process = exec_process(cli, args, &record)?;
+    let mut process = exec_process(args, &record)?;
     if args.tty {
         process.set_terminal(Some(true));
     }
@@ -624,7 +615,6 @@ fn exec(cli: &Cli, args: &ExecArgs) -> Result<u8> {
         exec_id: exec_id.clone(),
         process,
         console_socket: args.console_socket.clone(),
-        vmm: record.vmm,
     };
     if !args.detach {
         let signals = monitor::block_signals();
@@ -640,7 +630,7 @@ fn exec(cli: &Cli, args: &ExecArgs) -> Result<u8> {
             return Err(err);
         }
     };
-    let outcome = read_report_line::<()>(report);
+    let outcome = monitor::read_report::<()>(report);
     let _ = std::fs::remove_file(&launch);
     match outcome {
         Some(Report::Ok(())) => {}
@@ -661,24 +651,9 @@ fn exec(cli: &Cli, args: &ExecArgs) -> Result<u8> {
 }
 
 fn monitor_exec(cli: &Cli, id: &str, exec_id: &str) -> u8 {
-    let report = take_report_fd();
-    let signals = monitor::block_signals();
-    let dir = match container(cli, id) {
-        Ok(dir) => dir,
-        Err(err) => {
-            monitor::send_report::<()>(report, &Report::Error(err.to_string()));
-            return 255;
-        }
-    };
-    let request: ExecLaunch = match std::fs::read(dir.file(&format!("launch-{exec_id}.json")))
-        .map_err(anyhow::Error::from)
-        .and_then(|bytes| Ok(serde_json::from_slice(&bytes)?))
-    {
-        Ok(request) => request,
-        Err(err) => {
-            monitor::send_report::<()>(report, &Report::Error(format!("reading the exec request: {err}")));
-            return 255;
-        }
+    let Ok((report, signals, dir, request)) = monitor_start::<ExecLaunch>(cli, id, &format!("launch-{exec_id}.json"))
+    else {
+        return 255;
     };
     monitor::run_exec(&dir, request, Some(report), signals) as u8
 }
@@ -711,7 +686,7 @@ fn list(cli: &Cli, format: ListFormat, quiet: bool) -> Result<()> {
     for dir in container_state::list(&cli.root)? {
         let Ok(record) = dir.load() else { continue };
         let status = dir.status(&record);
-        states.push(OciState::of(&record, status, record.rootfs.clone()));
+        states.push(OciState::of(&record, status));
     }
     if quiet {
         for state in &states {
@@ -806,11 +781,11 @@ fn update(cli: &Cli, args: &UpdateArgs) -> Result<()> {
             .set_pids(Some(oci_spec::runtime::LinuxPidsBuilder::default().limit(pids).build().expect("a pids limit")));
     }
     if let Some(limit) = resources.memory().as_ref().and_then(|m| m.limit()) {
-        let vm_bytes = i64::from(record.mem_mib) << 20;
+        let vm_bytes = i64::from(record.vm.mem_mib) << 20;
         if limit > vm_bytes {
             logging::warn(&format!(
                 "memory limit {limit} exceeds the VM's {} MiB: the VM's size stays the bound",
-                record.mem_mib
+                record.vm.mem_mib
             ));
         }
     }

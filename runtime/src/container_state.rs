@@ -135,6 +135,14 @@ pub struct ContainerRecord {
     /// The process whose pid went to `--pid-file`: it lives as long as the
     /// container's init and exits with its status.
     pub monitor: HostProcess,
+    #[serde(flatten)]
+    pub vm: VmRecord,
+}
+
+/// What the monitor made for a container's VM: it reports this to
+/// `create`, which records it as part of [`ContainerRecord`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VmRecord {
     pub vmm: HostProcess,
     pub rootfs: PathBuf,
     /// The container's network namespace (from the spec) and the TAP made
@@ -148,9 +156,7 @@ pub struct ContainerRecord {
     pub cgroups_path: Option<String>,
     #[serde(default)]
     pub volumes: Vec<StagedVolume>,
-    #[serde(default)]
     pub vcpus: u8,
-    #[serde(default)]
     pub mem_mib: u32,
 }
 
@@ -305,7 +311,7 @@ pub struct OciState {
 }
 
 impl OciState {
-    pub fn of(record: &ContainerRecord, status: Status, rootfs: PathBuf) -> Self {
+    pub fn of(record: &ContainerRecord, status: Status) -> Self {
         Self {
             oci_version: "1.0.2".into(),
             id: record.id.clone(),
@@ -313,7 +319,7 @@ impl OciState {
             // runc reports 0 once the init is gone.
             pid: if status == Status::Stopped { 0 } else { record.monitor.pid },
             bundle: record.bundle.clone(),
-            rootfs,
+            rootfs: record.vm.rootfs.clone(),
             created: record.created.clone(),
             annotations: record.annotations.clone(),
             owner: String::new(),

@@ -23,14 +23,14 @@ use std::time::{Duration, Instant};
 use husk_api::agent_protocol::{
     CreateContainer, ExecProcess, ExitStatus, RootfsShare, StdioConfig, StdioStream, VolumeShare,
 };
-use husk_api::devices::{FsConfig, VsockConfig};
-use husk_api::vmm::{BootSourceConfig, MachineConfig};
+use husk_api::devices::{FsCachePolicy, FsConfig, VsockConfig};
+use husk_api::vmm::BootSourceConfig;
 use oci_spec::runtime::Spec;
 use serde::{Deserialize, Serialize};
 
 use crate::agent_client::{AgentClient, ClientError};
 use crate::assets::Assets;
-use crate::container_state::{ContainerDir, ExitRecord, HostProcess, StagedVolume};
+use crate::container_state::{ContainerDir, ExitRecord, HostProcess, StagedVolume, VmRecord};
 use crate::stdio::{self, HostPty};
 use crate::{host_cgroup, network, shares, sizing, vmm_client};
 
@@ -88,19 +88,6 @@ pub struct InitLaunch {
     pub debug: bool,
 }
 
-/// What the monitor reports back once the container is created.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Launched {
-    pub vmm: HostProcess,
-    pub rootfs: PathBuf,
-    pub netns: Option<PathBuf>,
-    pub tap: Option<String>,
-    pub cgroups_path: Option<String>,
-    pub volumes: Vec<StagedVolume>,
-    pub vcpus: u8,
-    pub mem_mib: u32,
-}
-
 /// The monitor's one message to whoever started it: one JSON line.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -115,9 +102,13 @@ pub fn send_report<T: Serialize>(mut to: File, report: &Report<T>) {
     let _ = to.write_all(&line);
 }
 
-/// Reads the monitor's report; `None` when it died without one.
+/// Reads the monitor's report; `None` when it died without one. One line,
+/// not the stream to its end: a process the monitor started may hold the
+/// pipe open for as long as it lives.
 pub fn read_report<T: for<'de> Deserialize<'de>>(from: File) -> Option<Report<T>> {
-    serde_json::from_reader(io::BufReader::new(from)).ok()
+    let mut line = String::new();
+    io::BufRead::read_line(&mut io::BufReader::new(from), &mut line).ok()?;
+    serde_json::from_str(&line).ok()
 }
 
 /// Blocks the signals the monitor handles in its signal thread; must run
@@ -184,7 +175,6 @@ impl Resources {
         if let Some(cgroup) = self.cgroup.take() {
             let _ = cgroup.remove();
         }
-        let _ = self.dir;
     }
 }
 
@@ -204,12 +194,6 @@ fn vmm_log_tail(dir: &ContainerDir) -> String {
 fn load_spec(bundle: &Path) -> Result<Spec, LaunchError> {
     let path = bundle.join("config.json");
     Spec::load(&path).map_err(|err| LaunchError::Spec { path, reason: err.to_string() })
-}
-
-fn host_cpus() -> u32 {
-    // SAFETY: sysconf has no preconditions.
-    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
-    u32::try_from(n).unwrap_or(1).max(1)
 }
 
 /// The spec's network namespace path, if it names one.
@@ -254,10 +238,10 @@ fn launch(
     request: &InitLaunch,
     spec: &Spec,
     resources: &mut Resources,
-) -> Result<(AgentClient, Launched, StdioConfig), LaunchError> {
+) -> Result<(AgentClient, VmRecord, StdioConfig), LaunchError> {
     let dir = resources.dir.clone();
     let assets = Assets::locate()?;
-    let size = sizing::vm_size(spec, host_cpus())?;
+    let size = sizing::vm_size(spec, sizing::host_cpu_count())?;
     let rootfs = shares::rootfs_path(spec, &request.bundle)?;
     // The share stays writable even for `root.readonly`: the agent first
     // creates mount points in the rootfs (as runc does on the host), and
@@ -336,19 +320,17 @@ fn launch(
         boot_args: Some(format!("{BOOT_ARGS}{debug}")),
     })
     .map_err(vmm_error)?;
-    let machine: MachineConfig = serde_json::from_value(serde_json::json!({
-        "vcpu_count": size.vcpus, "mem_size_mib": size.mem_mib,
-    }))
-    .expect("a valid machine config");
-    api.put_machine_config(&machine).map_err(vmm_error)?;
+    api.put_machine_config(&size.machine_config()).map_err(vmm_error)?;
     let vsock_path = dir.file("vsock.sock");
     api.put_vsock(&VsockConfig { vsock_id: None, guest_cid: GUEST_CID, uds_path: vsock_path.display().to_string() })
         .map_err(vmm_error)?;
-    let fs = |fs_id: &str, dir: &Path, read_only: bool| -> FsConfig {
-        serde_json::from_value(serde_json::json!({
-            "fs_id": fs_id, "tag": fs_id, "shared_dir": dir, "read_only": read_only,
-        }))
-        .expect("a valid fs config")
+    let fs = |fs_id: &str, dir: &Path, read_only: bool| FsConfig {
+        fs_id: fs_id.into(),
+        tag: fs_id.into(),
+        shared_dir: dir.display().to_string(),
+        read_only,
+        cache: FsCachePolicy::default(),
+        dax_window_mib: None,
     };
     api.put_fs(&fs(shares::ROOTFS_TAG, &rootfs, read_only_root)).map_err(vmm_error)?;
     if let Some(volumes) = &prepared.volumes {
@@ -383,7 +365,7 @@ fn launch(
             stdio,
         })
         .map_err(agent_error)?;
-    let launched = Launched {
+    let launched = VmRecord {
         vmm: vmm_process,
         rootfs,
         netns: netns.clone(),
@@ -442,7 +424,7 @@ fn attach_stdio(
 
 fn report_failure(report: File, err: &LaunchError, resources: &mut Resources) -> i32 {
     resources.release(None);
-    send_report::<Launched>(report, &Report::Error(err.to_string()));
+    send_report::<VmRecord>(report, &Report::Error(err.to_string()));
     1
 }
 
@@ -488,7 +470,7 @@ pub fn run_init(dir: ContainerDir, request: InitLaunch, report: File, signals: l
             stdio::wait_pumps(&done_rx, outputs, DRAIN_TIMEOUT);
             ExitRecord { status, vm_lost: None }
         }
-        End::Lost(reason) => ExitRecord { status: killed_status(), vm_lost: Some(reason) },
+        End::Lost(reason) => ExitRecord { status: KILLED, vm_lost: Some(reason) },
     };
     let _ = dir.save_exit(&exit);
     drop(pty);
@@ -497,9 +479,7 @@ pub fn run_init(dir: ContainerDir, request: InitLaunch, report: File, signals: l
 }
 
 /// What a VM that vanished under its container reports: as if SIGKILLed.
-fn killed_status() -> ExitStatus {
-    serde_json::from_value(serde_json::json!({ "code": 137, "signal": 9 })).expect("a valid exit status")
-}
+const KILLED: ExitStatus = ExitStatus { code: 128 + libc::SIGKILL, signal: Some(libc::SIGKILL), oom_killed: false };
 
 enum End {
     Exited(ExitStatus),
@@ -569,13 +549,12 @@ pub struct ExecLaunch {
     pub exec_id: String,
     pub process: oci_spec::runtime::Process,
     pub console_socket: Option<PathBuf>,
-    /// The container's VMM: an exec monitor ends when the VM does.
-    pub vmm: HostProcess,
 }
 
 /// An exec'd process's monitor: starts the process, reports, then lives
 /// as long as it does and returns its exit code. `report` is `None` for a
-/// foreground `exec`.
+/// foreground `exec`. A VM that dies ends it too: the wait connection goes
+/// through the VMM's socket, which closes with it.
 pub fn run_exec(dir: &ContainerDir, request: ExecLaunch, report: Option<File>, signals: libc::sigset_t) -> i32 {
     let fail = |report: Option<File>, message: String| {
         match report {
@@ -622,14 +601,6 @@ pub fn run_exec(dir: &ContainerDir, request: ExecLaunch, report: Option<File>, s
     }
     let (events, event_rx) = mpsc::channel();
     spawn_waiter(&agent, &request.id, Some(&request.exec_id), events.clone());
-    let vmm = request.vmm;
-    let vm_events = events.clone();
-    let _ = std::thread::Builder::new().name("vm-watch".into()).spawn(move || {
-        while vmm.is_alive() {
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        let _ = vm_events.send(Event::VmmExited("the container's VM is gone".into()));
-    });
     spawn_signal_thread(signals, events);
     let exec_record = dir.file(&format!("exec-{}.json", request.exec_id));
     if let Some(me) = HostProcess::of(std::process::id() as i32) {
@@ -643,7 +614,7 @@ pub fn run_exec(dir: &ContainerDir, request: ExecLaunch, report: Option<File>, s
             stdio::wait_pumps(&done_rx, outputs, DRAIN_TIMEOUT);
             status.code
         }
-        End::Lost(_) => 137,
+        End::Lost(_) => KILLED.code,
     };
     let _ = std::fs::remove_file(exec_record);
     code.clamp(0, 255)
