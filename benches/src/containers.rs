@@ -9,7 +9,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use husk_tests::paths;
 use husk_tests::protocol::RunRequest;
 use husk_tests::testhost::TestHost;
@@ -39,12 +39,8 @@ pub fn run(out: &Path, runs: usize) -> Result<()> {
         ..Default::default()
     };
     eprintln!("husk-bench containers: {runs} rounds in one microVM");
-    let output = host.run(&request)?;
-    if !output.report.success() {
-        bail!("the container bench failed ({:?}):\n{}\n{}", output.report, output.stdout_text(), output.stderr_text());
-    }
     let mut lines = BenchLines::default();
-    lines.add_output(&output.stdout_text()).context("a BENCH line")?;
+    crate::add_suite_run(&mut lines, &host, &request, "container")?;
     let mut table = String::new();
     writeln!(table, "# OCI containers run by the guest agent\n")?;
     writeln!(

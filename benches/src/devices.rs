@@ -10,7 +10,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use husk_tests::paths;
 use husk_tests::protocol::RunRequest;
 use husk_tests::testhost::TestHost;
@@ -28,11 +28,7 @@ pub fn run(out: &Path, runs: usize) -> Result<()> {
     let mut lines = BenchLines::default();
     for run in 1..=runs {
         eprintln!("husk-bench devices: run {run}/{runs}");
-        let output = host.run(&request)?;
-        if !output.report.success() {
-            bail!("the device bench failed ({:?}):\n{}\n{}", output.report, output.stdout_text(), output.stderr_text());
-        }
-        lines.add_output(&output.stdout_text()).context("a BENCH line")?;
+        crate::add_suite_run(&mut lines, &host, &request, "device")?;
     }
     let series = &lines.series;
     let mut table = String::new();

@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use husk_tests::paths;
 use husk_tests::protocol::RunRequest;
 use husk_tests::testhost::TestHost;
@@ -42,12 +42,8 @@ pub fn run(out: &Path, rounds: usize) -> Result<()> {
     .map(|s| s.to_string())
     .collect();
     eprintln!("husk-bench engines: {rounds} rounds of husk, crun and runc, interleaved");
-    let output = host.run(&RunRequest { argv, timeout_secs: 3600, ..Default::default() })?;
-    if !output.report.success() {
-        bail!("the engine bench failed ({:?}):\n{}\n{}", output.report, output.stdout_text(), output.stderr_text());
-    }
     let mut lines = BenchLines::default();
-    lines.add_output(&output.stdout_text()).context("a BENCH line")?;
+    crate::add_suite_run(&mut lines, &host, &RunRequest { argv, timeout_secs: 3600, ..Default::default() }, "engine")?;
     let mut table = String::new();
     writeln!(table, "# podman and `run` with husk beside crun and runc\n")?;
     writeln!(

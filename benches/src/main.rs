@@ -16,7 +16,11 @@ mod vmm;
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use husk_tests::protocol::RunRequest;
+use husk_tests::testhost::TestHost;
+
+use crate::stats::BenchLines;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -78,6 +82,21 @@ fn suite_argv(suite: &str, args: &[&str], initrd: &str) -> Result<Vec<String>> {
         artifact(initrd)?,
     ]);
     Ok(argv)
+}
+
+/// Runs a suite's bench in the test host and adds its `BENCH` lines;
+/// a failed run is an error carrying its output.
+fn add_suite_run(lines: &mut BenchLines, host: &TestHost, request: &RunRequest, what: &str) -> Result<()> {
+    let output = host.run(request)?;
+    if !output.report.success() {
+        anyhow::bail!(
+            "the {what} bench failed ({:?}):\n{}\n{}",
+            output.report,
+            output.stdout_text(),
+            output.stderr_text()
+        );
+    }
+    lines.add_output(&output.stdout_text()).context("a BENCH line")
 }
 
 /// The release husk-vmm the benchmarks measure: `HUSK_VMM_BIN`, else
