@@ -40,8 +40,11 @@ impl fmt::Display for IdError {
 
 impl std::error::Error for IdError {}
 
-/// Checks a resource id: non-empty, alphanumeric characters and `_` only
-/// (Firecracker's rule for ids in paths), at most [`MAX_ID_LEN`] bytes.
+/// Checks a resource id: non-empty, ASCII alphanumeric characters and `_`
+/// only, at most [`MAX_ID_LEN`] bytes. Firecracker's rule allows any Unicode
+/// alphanumeric; ASCII keeps an id one byte per character, so the spec's
+/// `pattern` and `maxLength` say exactly what is accepted, and ids stay plain
+/// in logs, metrics keys and paths.
 ///
 /// The same rule applies to the ids in bodies and in the config file, so any
 /// device husk holds can be named in a path (`PUT /fs/{fs_id}` to replace it).
@@ -49,7 +52,7 @@ pub fn validate_id(id: &str) -> Result<(), IdError> {
     if id.is_empty() {
         return Err(IdError::Empty);
     }
-    if !id.chars().all(|c| c == '_' || c.is_alphanumeric()) {
+    if !id.bytes().all(|b| b == b'_' || b.is_ascii_alphanumeric()) {
         return Err(IdError::InvalidCharacter);
     }
     if id.len() > MAX_ID_LEN {
@@ -321,6 +324,37 @@ pub struct FsConfig {
     /// option `dax`). Absent: no DAX window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dax_window_mib: Option<u32>,
+    /// Whether the guest may leave files owned by host root (uid or gid 0)
+    /// in the share. Off (the default), the guest's root is squashed on
+    /// what it creates: a file, directory, node or symlink the guest makes
+    /// as uid or gid 0 (or that inherits gid 0 from a setgid directory),
+    /// and a chown or chgrp to 0, gets `root_uid` / `root_gid` on the host
+    /// instead; other ids pass through unchanged, and the guest sees the
+    /// host's ids (no reverse mapping, like NFS root_squash). Also decides
+    /// whether the guest may set `security.capability`. On: the guest's
+    /// ids are written as they are, for a share that is the guest's own
+    /// root file system on a host directory owned by root. Whatever the
+    /// setting, the guest never sets setuid bits (nor setgid bits on
+    /// anything but directories) and cannot make device nodes.
+    #[serde(default)]
+    pub allow_host_root: bool,
+    /// The host uid that stands in for the guest's uid 0 when
+    /// `allow_host_root` is off (default 65534, nobody). 0 only with
+    /// `allow_host_root`.
+    #[serde(default = "fs_default_root_id")]
+    pub root_uid: u32,
+    /// The host gid that stands in for the guest's gid 0, as `root_uid`
+    /// (default 65534, nogroup).
+    #[serde(default = "fs_default_root_id")]
+    pub root_gid: u32,
+}
+
+/// The host uid and gid the guest's root gets on a share that does not
+/// allow host root: 65534, the overflow id (nobody / nogroup).
+pub const FS_DEFAULT_ROOT_ID: u32 = 65534;
+
+fn fs_default_root_id() -> u32 {
+    FS_DEFAULT_ROOT_ID
 }
 
 /// virtio-fs's config space holds the tag in 36 bytes.
@@ -346,6 +380,19 @@ impl FsConfig {
                     "dax_window_mib must be a multiple of {FS_DAX_WINDOW_ALIGN_MIB} from {FS_DAX_WINDOW_ALIGN_MIB} \
                      to {FS_DAX_WINDOW_MAX_MIB}, got {mib}"
                 ));
+            }
+        }
+        if !self.allow_host_root {
+            for (field, id) in [("root_uid", self.root_uid), ("root_gid", self.root_gid)] {
+                if id == 0 {
+                    return Err(format!("{field} must not be 0 unless allow_host_root is true"));
+                }
+            }
+        }
+        // -1 is "no change" to chown(2): it cannot be an owner.
+        for (field, id) in [("root_uid", self.root_uid), ("root_gid", self.root_gid)] {
+            if id == u32::MAX {
+                return Err(format!("{field} must not be {id} (chown's \"unchanged\")"));
             }
         }
         Ok(())
@@ -378,6 +425,18 @@ mod tests {
             assert!(FsConfig { dax_window_mib: Some(bad), ..fs.clone() }.validate().is_err(), "{bad}");
         }
         assert!(FsConfig { tag: "x".repeat(37), ..fs.clone() }.validate().is_err());
+        // The guest's root is squashed to nobody unless the share says
+        // otherwise, and only then may it map to 0.
+        assert_eq!((fs.allow_host_root, fs.root_uid, fs.root_gid), (false, 65534, 65534));
+        for (uid, gid) in [(0, 65534), (65534, 0), (0, 0)] {
+            let squashed = FsConfig { root_uid: uid, root_gid: gid, ..fs.clone() };
+            let err = squashed.validate().unwrap_err();
+            assert!(err.contains("allow_host_root"), "{err}");
+            assert!(FsConfig { allow_host_root: true, ..squashed }.validate().is_ok());
+        }
+        assert!(FsConfig { root_uid: 1000, root_gid: 100, ..fs.clone() }.validate().is_ok());
+        assert!(FsConfig { root_uid: u32::MAX, ..fs.clone() }.validate().is_err());
+        assert!(FsConfig { root_gid: u32::MAX, allow_host_root: true, ..fs.clone() }.validate().is_err());
         assert!(
             serde_json::from_str::<FsConfig>(r#"{"fs_id": "r", "tag": "t", "shared_dir": "/", "dax": true}"#).is_err()
         );
@@ -394,12 +453,13 @@ mod tests {
     }
 
     #[test]
-    fn ids_follow_firecrackers_path_rule_with_a_length_bound() {
-        for ok in ["eth0", "root_fs", "_", "ÄÖ9", &"a".repeat(MAX_ID_LEN)] {
+    fn ids_are_ascii_alphanumeric_and_underscores_with_a_length_bound() {
+        for ok in ["eth0", "root_fs", "_", "Z9", &"a".repeat(MAX_ID_LEN)] {
             assert_eq!(validate_id(ok), Ok(()), "{ok}");
         }
         assert_eq!(validate_id(""), Err(IdError::Empty));
-        for bad in ["eth-0", "a/b", "a b", "..", "x%2F", "{iface_id}", "a\0"] {
+        // Unicode alphanumerics, which Firecracker takes, are refused too.
+        for bad in ["eth-0", "a/b", "a b", "..", "x%2F", "{iface_id}", "a\0", "ÄÖ9", "٣", "é"] {
             assert_eq!(validate_id(bad), Err(IdError::InvalidCharacter), "{bad}");
         }
         assert_eq!(validate_id(&"a".repeat(MAX_ID_LEN + 1)), Err(IdError::TooLong));

@@ -9,6 +9,16 @@
 //! sources and nothing beside them (a file's directory is not exported).
 //! A read-only bind is remounted read-only on the host too, so the host
 //! kernel refuses writes even from a guest that ignores its mount flags.
+//!
+//! Ownership: the volumes share squashes the guest's root (the VMM's
+//! default): what the container's root creates in a volume is owned by
+//! 65534 on the host, never by host root, and it cannot make setuid files,
+//! device nodes or file capabilities there. The rootfs share lets the
+//! guest's root own files (`allow_host_root`) only when the rootfs
+//! directory itself is owned by host root: an engine-managed container root
+//! file system, where runc would leave root-owned files too and the image's
+//! root-owned files must stay so. A rootfs owned by anyone else (a rootless
+//! engine's, a user's directory) is squashed like a volume.
 
 use std::ffi::CString;
 use std::io;
@@ -16,6 +26,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use husk_api::agent_protocol::VolumeShare;
+use husk_api::devices::{FsCachePolicy, FsConfig, FS_DEFAULT_ROOT_ID};
 use oci_spec::runtime::{Mount, Spec};
 
 use crate::container_state::StagedVolume;
@@ -34,6 +45,34 @@ pub enum ShareError {
     MissingSource { host_path: PathBuf, destination: String },
     #[error("staging {} at {}: {error}", .host_path.display(), .staged.display())]
     Stage { host_path: PathBuf, staged: PathBuf, error: io::Error },
+    #[error("reading the owner of the rootfs {}: {error}", .path.display())]
+    RootOwner { path: PathBuf, error: io::Error },
+}
+
+/// The virtio-fs share of `dir` the VMM is asked for, with `tag` as its
+/// tag and id. The guest's root is squashed to 65534 unless
+/// `allow_host_root`.
+pub fn fs_config(tag: &str, dir: &Path, read_only: bool, allow_host_root: bool) -> FsConfig {
+    FsConfig {
+        fs_id: tag.into(),
+        tag: tag.into(),
+        shared_dir: dir.display().to_string(),
+        read_only,
+        cache: FsCachePolicy::default(),
+        dax_window_mib: None,
+        allow_host_root,
+        root_uid: FS_DEFAULT_ROOT_ID,
+        root_gid: FS_DEFAULT_ROOT_ID,
+    }
+}
+
+/// Whether the rootfs share may leave files owned by host root: only when
+/// the rootfs directory (its target, if a symlink) is itself owned by uid 0.
+pub fn rootfs_allows_host_root(rootfs: &Path) -> Result<bool, ShareError> {
+    use std::os::unix::fs::MetadataExt;
+    let metadata =
+        std::fs::metadata(rootfs).map_err(|error| ShareError::RootOwner { path: rootfs.to_path_buf(), error })?;
+    Ok(metadata.uid() == 0)
 }
 
 /// Whether a mount of the spec is a bind mount.
@@ -226,6 +265,32 @@ mod tests {
         assert!(!staged_vol.exists() && !staged_file.exists());
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "127.0.0.1 localhost\n", "sources are kept");
         assert!(vol.join("a").exists());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn only_a_root_owned_rootfs_lets_the_guests_root_own_files() {
+        use std::os::unix::fs::MetadataExt;
+        let base = std::env::temp_dir().join(format!("husk-shares-owner-{}", std::process::id()));
+        let rootfs = base.join("rootfs");
+        std::fs::create_dir_all(&rootfs).unwrap();
+        let owned_by_root = std::fs::metadata(&rootfs).unwrap().uid() == 0;
+        assert_eq!(rootfs_allows_host_root(&rootfs).unwrap(), owned_by_root);
+        if owned_by_root {
+            // A rootless engine's rootfs, owned by its user.
+            std::os::unix::fs::chown(&rootfs, Some(1000), Some(1000)).unwrap();
+            assert!(!rootfs_allows_host_root(&rootfs).unwrap());
+            std::os::unix::fs::symlink(&rootfs, base.join("link")).unwrap();
+            assert!(!rootfs_allows_host_root(&base.join("link")).unwrap(), "the link's target decides");
+        }
+        let err = rootfs_allows_host_root(&base.join("missing")).unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+
+        let volumes = fs_config(VOLUMES_TAG, &base, false, false);
+        assert_eq!((volumes.fs_id.as_str(), volumes.tag.as_str()), (VOLUMES_TAG, VOLUMES_TAG));
+        assert_eq!((volumes.allow_host_root, volumes.root_uid, volumes.root_gid), (false, 65534, 65534));
+        assert!(volumes.validate().is_ok());
+        assert!(fs_config(ROOTFS_TAG, &rootfs, true, true).allow_host_root);
         std::fs::remove_dir_all(&base).unwrap();
     }
 

@@ -601,6 +601,9 @@ mod tests {
             read_only: false,
             cache: Default::default(),
             dax_window_mib: None,
+            allow_host_root: false,
+            root_uid: 65534,
+            root_gid: 65534,
         };
         client.put_fs(&fs).unwrap();
         let request = server.requests.recv().unwrap();

@@ -41,7 +41,7 @@ fn vsock_streams_both_ways_with_flow_control() {
 }
 
 #[test]
-fn virtio_fs_file_operations_and_read_only_shares() {
+fn virtio_fs_file_operations_read_only_shares_and_privilege_rules() {
     suite("fs");
 }
 

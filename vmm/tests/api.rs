@@ -228,7 +228,10 @@ fn device_configuration_through_the_api() {
             "iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:10:00:02",
             "rx_rate_limiter": {"bandwidth": {"size": 1_000_000, "refill_time": 100}},
         }],
-        "fs": [{"fs_id": "root", "tag": "rootfs", "shared_dir": share, "read_only": true, "cache": "auto"}],
+        "fs": [{
+            "fs_id": "root", "tag": "rootfs", "shared_dir": share, "read_only": true, "cache": "auto",
+            "allow_host_root": false, "root_uid": 65534, "root_gid": 65534,
+        }],
     });
     assert_eq!(device_sections(&vm_config(&vmm)), accepted);
 
@@ -344,7 +347,10 @@ fn device_configuration_through_the_api() {
     );
     assert_eq!(
         config["fs"],
-        json!([{"fs_id": "root", "tag": "rootfs", "shared_dir": share, "read_only": false, "cache": "auto"}])
+        json!([{
+            "fs_id": "root", "tag": "rootfs", "shared_dir": share, "read_only": false, "cache": "auto",
+            "allow_host_root": false, "root_uid": 65534, "root_gid": 65534,
+        }])
     );
     // The old MAC of eth0 is free again.
     assert_eq!(vmm.request("PUT", "/network-interfaces/eth2", Some(&net("eth2", "tap2", "06:00:ac:10:00:02"))).0, 204);

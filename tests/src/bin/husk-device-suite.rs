@@ -221,7 +221,158 @@ fn fs_suite(setup: &Setup) -> Result<()> {
     let entries: Vec<_> = std::fs::read_dir(&ro)?.flatten().map(|e| e.file_name()).collect();
     ensure!(entries == vec![std::ffi::OsString::from("from-host.txt")], "the read-only share changed: {entries:?}");
     println!("ok: a read-only share refuses writes and stays unchanged");
+
+    fs_privilege(setup, &scratch)
+}
+
+/// The guest's root tries to plant privilege in a squashing share and in
+/// one that allows host root; the host checks nothing landed with it.
+fn fs_privilege(setup: &Setup, scratch: &Path) -> Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    let shadow = Path::new("/etc/shadow");
+    let shadow_before = std::fs::read(shadow).ok().zip(std::fs::metadata(shadow).ok().map(|m| (m.mtime(), m.ctime())));
+    let squashed = scratch.join("squashed");
+    let host_root = scratch.join("host-root");
+    for share in [&squashed, &host_root] {
+        std::fs::create_dir_all(share)?;
+        let suid = share.join("host-suid");
+        std::fs::write(&suid, b"#!/bin/sh\n")?;
+        std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(0o6755))?;
+        std::os::unix::fs::chown(&suid, Some(0), Some(0))?;
+    }
+    let devices = serde_json::json!({ "fs": [
+        { "fs_id": "squashed", "tag": "squashed", "shared_dir": squashed },
+        { "fs_id": "hostroot", "tag": "hostroot", "shared_dir": host_root, "allow_host_root": true },
+    ] });
+    let agent = format!(
+        "husk.mount=squashed:/mnt/squashed husk.mount=hostroot:/mnt/hostroot \
+         husk.run={PROBE},fs-privilege,/mnt/squashed,/mnt/hostroot"
+    );
+    // Whether this host's file system takes file capabilities at all (the
+    // test host's scratch directory may not): then the guest's setcap in
+    // the share allowing host root must land, else fail as the host's does.
+    let probe = host_root.join("caps-probe");
+    std::fs::write(&probe, b"")?;
+    let host_takes_caps = set_capability(&probe);
+    std::fs::remove_file(&probe)?;
+    let mut vm = Vm::boot(setup, "fs-privilege", &agent, devices)?;
+    let code = vm.wait_exit()?;
+    let console = vm.console();
+    ensure!(code == 0, "fs-privilege failed in the guest (VMM exit {code}):\n{console}");
+
+    for (share, host_root) in [(&squashed, false), (&host_root, true)] {
+        let which = if host_root { "allow_host_root share" } else { "squashing share" };
+        let mut seen = 0;
+        let mut stack = vec![share.to_path_buf()];
+        while let Some(path) = stack.pop() {
+            let meta = std::fs::symlink_metadata(&path)?;
+            let name = path.strip_prefix(share)?.display().to_string();
+            let kind = meta.file_type();
+            ensure!(!kind.is_char_device() && !kind.is_block_device(), "{which}: {name} is a device node on the host");
+            let mode = meta.permissions().mode();
+            ensure!(mode & 0o4000 == 0, "{which}: {name} is setuid on the host ({mode:o})");
+            ensure!(meta.is_dir() || mode & 0o2000 == 0, "{which}: {name} is setgid on the host ({mode:o})");
+            let host_made = path == *share || name == "host-suid";
+            if !host_root && !host_made {
+                ensure!(
+                    meta.uid() != 0 && meta.gid() != 0,
+                    "{which}: {name} is owned by host root ({}:{})",
+                    meta.uid(),
+                    meta.gid()
+                );
+            }
+            if meta.is_file() {
+                if let Some((content, _)) = &shadow_before {
+                    ensure!(
+                        content.is_empty() || std::fs::read(&path)? != *content,
+                        "{which}: {name} holds the host's /etc/shadow"
+                    );
+                }
+            }
+            if meta.is_dir() {
+                stack.extend(std::fs::read_dir(&path)?.flatten().map(|e| e.path()));
+            }
+            seen += 1;
+        }
+        for name in ["null-dev", "sda-dev"] {
+            ensure!(std::fs::symlink_metadata(share.join(name)).is_err(), "{which}: {name} exists on the host");
+        }
+        let tool = std::fs::metadata(share.join("tool"))?;
+        let owner = if host_root { (0, 0) } else { (65534, 65534) };
+        ensure!((tool.uid(), tool.gid()) == owner, "{which}: tool is {}:{}", tool.uid(), tool.gid());
+        let suid = std::fs::metadata(share.join("host-suid"))?;
+        ensure!(
+            suid.permissions().mode() & 0o7777 == 0o755 && suid.len() > 10,
+            "{which}: the guest's write to host-suid left mode {:o}",
+            suid.permissions().mode()
+        );
+        let caps_expected = host_root && host_takes_caps.is_ok();
+        ensure!(
+            has_xattr(&share.join("tool"), "security.capability")? == caps_expected,
+            "{which}: security.capability on tool (expected: {caps_expected})"
+        );
+        if host_root {
+            let errno: i32 = std::fs::read_to_string(share.join("setcap.errno"))?.trim().parse()?;
+            match &host_takes_caps {
+                Ok(()) => ensure!(errno == 0, "{which}: the guest's setcap failed with errno {errno}"),
+                Err(host) => {
+                    ensure!(
+                        Some(errno) == host.raw_os_error(),
+                        "{which}: the guest's setcap got errno {errno}, the host's {host}"
+                    );
+                    println!(
+                        "ok: {which}: the host file system takes no file capabilities ({host}): nor did the guest's"
+                    );
+                }
+            }
+        }
+        ensure!(
+            std::fs::metadata(share.join("sgid-dir"))?.permissions().mode() & 0o7777 == 0o2775,
+            "{which}: the setgid directory keeps its bit"
+        );
+        ensure!(
+            std::fs::read_link(share.join("shadow-link"))? == shadow,
+            "{which}: shadow-link is a plain symlink on the host"
+        );
+        println!("ok: {which}: {seen} entries, no setuid file, device node or host-root-owned guest file");
+    }
+    let shadow_after = std::fs::read(shadow).ok().zip(std::fs::metadata(shadow).ok().map(|m| (m.mtime(), m.ctime())));
+    ensure!(shadow_after == shadow_before, "the host's /etc/shadow changed");
+    println!("ok: the host's /etc/shadow unchanged and unread through the guest's symlinks");
     Ok(())
+}
+
+/// Gives `path` a file capability (CAP_NET_BIND_SERVICE).
+fn set_capability(path: &Path) -> std::io::Result<()> {
+    let mut value = [0u8; 20];
+    value[..4].copy_from_slice(&0x0200_0001u32.to_le_bytes());
+    value[4..8].copy_from_slice(&(1u32 << 10).to_le_bytes());
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    // SAFETY: valid C strings and a value of the given length.
+    let rc =
+        unsafe { libc::lsetxattr(c.as_ptr(), c"security.capability".as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Whether `path` has the xattr `name` (not following symlinks).
+fn has_xattr(path: &Path, name: &str) -> Result<bool> {
+    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    let name = std::ffi::CString::new(name)?;
+    // SAFETY: valid C strings; a zero-sized query writes nothing.
+    let n = unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+    if n >= 0 {
+        return Ok(true);
+    }
+    let err = std::io::Error::last_os_error();
+    // ENOTSUP: a file system without such xattrs at all.
+    if matches!(err.raw_os_error(), Some(libc::ENODATA | libc::ENOTSUP)) {
+        return Ok(false);
+    }
+    Err(err.into())
 }
 
 /// What the guest's fs-check did in `share`, checked on the host.

@@ -8,6 +8,11 @@
 //!   tcp-echo PORT                         echo every TCP connection to PORT
 //!   fs-check DIR                          file-system operations in DIR
 //!   fs-readonly DIR                       writes in DIR must fail with EROFS
+//!   fs-privilege SQUASHED HOSTROOT        as root, tries to plant setuid files, device
+//!                                         nodes, file capabilities and root-owned files
+//!                                         in both shares (the first squashes root, the
+//!                                         second allows host root), and to reach the
+//!                                         host's /etc/shadow through symlinks
 //!   fs-dax DAXDIR PLAINDIR                DAXDIR is mounted with DAX and PLAINDIR
 //!                                         without; fs-check in DAXDIR, then a timed
 //!                                         sequential read of seq.bin in each
@@ -45,6 +50,7 @@ fn main() -> ExitCode {
         "tcp-echo" => tcp_echo(number(1) as u16),
         "fs-check" => fs_check(Path::new(arg(1))),
         "fs-readonly" => fs_readonly(Path::new(arg(1))),
+        "fs-privilege" => fs_privilege(Path::new(arg(1)), false).and_then(|()| fs_privilege(Path::new(arg(2)), true)),
         "fs-dax" => fs_dax(Path::new(arg(1)), Path::new(arg(2))),
         "fs-bench" => fs_bench(Path::new(arg(1)), number(2) as usize),
         "pattern" => write_pattern(number(1) as usize, number(2) as usize),
@@ -240,6 +246,113 @@ fn fs_readonly(dir: &Path) -> io::Result<()> {
     check(refused(std::fs::remove_file(dir.join("from-host.txt"))), "unlink refused with EROFS")?;
     check(refused(std::fs::create_dir(dir.join("d"))), "mkdir refused with EROFS")?;
     println!("husk-guest-probe: fs-readonly done");
+    Ok(())
+}
+
+fn c_path(path: &Path) -> std::ffi::CString {
+    std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("no NUL in paths")
+}
+
+/// The errno of a libc call's -1 result, or 0.
+fn errno_of(rc: libc::c_int) -> i32 {
+    if rc == 0 {
+        0
+    } else {
+        io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+    }
+}
+
+/// A vfs_cap_data (revision 2) granting CAP_NET_BIND_SERVICE, effective.
+fn capability_value() -> [u8; 20] {
+    let mut value = [0u8; 20];
+    value[..4].copy_from_slice(&0x0200_0001u32.to_le_bytes());
+    value[4..8].copy_from_slice(&(1u32 << 10).to_le_bytes());
+    value
+}
+
+/// What the guest's root tries in `dir`; the host checks what landed. It
+/// fails only where the guest sees something a share must not allow.
+fn fs_privilege(dir: &Path, host_root: bool) -> io::Result<()> {
+    // SAFETY: a getter without arguments or failure modes.
+    check(unsafe { libc::geteuid() } == 0, "running as root in the guest")?;
+    let which = if host_root { "allow_host_root share" } else { "squashing share" };
+    let (root_uid, root_gid) = if host_root { (0, 0) } else { (65534, 65534) };
+
+    // A setuid, then setgid, binary of our own, given to root.
+    let tool = dir.join("tool");
+    std::fs::write(&tool, b"#!/bin/sh\nid\n")?;
+    for mode in [0o4755, 0o2755, 0o6755] {
+        // SAFETY: a valid C path.
+        let rc = unsafe { libc::chmod(c_path(&tool).as_ptr(), mode) };
+        let seen = std::fs::metadata(&tool)?.permissions().mode() & 0o7777;
+        println!("husk-guest-probe: {which}: chmod {mode:o}: errno {} -> {seen:o}", errno_of(rc));
+        check(seen & 0o6000 == 0, &format!("{which}: chmod {mode:o} leaves no setuid/setgid bit"))?;
+    }
+    // SAFETY: a valid C path.
+    let rc = unsafe { libc::chown(c_path(&tool).as_ptr(), 0, 0) };
+    check(rc == 0, &format!("{which}: chown 0:0 answers success"))?;
+    let meta = std::fs::metadata(&tool)?;
+    check(
+        (meta.uid(), meta.gid()) == (root_uid, root_gid),
+        &format!("{which}: the chowned file shows as {root_uid}:{root_gid} ({}:{})", meta.uid(), meta.gid()),
+    )?;
+    let created = std::fs::metadata(dir.join("tool"))?;
+    println!("husk-guest-probe: {which}: tool is {}:{} mode {:o}", created.uid(), created.gid(), created.mode());
+
+    // Writing to a setuid-root file the host made: as root (CAP_FSETID)
+    // the guest kernel neither clears the bits itself nor asks the server
+    // to, and may show its cached mode for a while; the host checks.
+    let mut f = std::fs::OpenOptions::new().append(true).open(dir.join("host-suid"))?;
+    f.write_all(b"appended by the guest\n")?;
+    drop(f);
+
+    // Device nodes.
+    for (name, kind, dev) in
+        [("null-dev", libc::S_IFCHR, libc::makedev(1, 3)), ("sda-dev", libc::S_IFBLK, libc::makedev(8, 0))]
+    {
+        // SAFETY: a valid C path.
+        let rc = unsafe { libc::mknod(c_path(&dir.join(name)).as_ptr(), kind | 0o666, dev) };
+        let errno = errno_of(rc);
+        check(errno == libc::EPERM, &format!("{which}: mknod {name} refused with EPERM (errno {errno})"))?;
+    }
+
+    // File capabilities.
+    let value = capability_value();
+    // SAFETY: valid C strings and a value of the given length.
+    let rc = unsafe {
+        libc::setxattr(c_path(&tool).as_ptr(), c"security.capability".as_ptr(), value.as_ptr().cast(), value.len(), 0)
+    };
+    let errno = errno_of(rc);
+    if host_root {
+        // Allowed by the share; whether the host's file system takes it is
+        // the host's to check.
+        println!("husk-guest-probe: {which}: setcap: errno {errno}");
+        std::fs::write(dir.join("setcap.errno"), format!("{errno}\n"))?;
+    } else {
+        check(errno == libc::EPERM, &format!("{which}: setcap refused with EPERM (errno {errno})"))?;
+    }
+
+    // A setgid directory (allowed: only group inheritance).
+    std::fs::create_dir(dir.join("sgid-dir"))?;
+    // SAFETY: a valid C path.
+    unsafe { libc::chmod(c_path(&dir.join("sgid-dir")).as_ptr(), 0o2775) };
+
+    // Symlinks to the host's /etc/shadow: they resolve in the guest (whose
+    // initramfs has no /etc/shadow), never on the host.
+    let depth = "../".repeat(12);
+    std::os::unix::fs::symlink("/etc/shadow", dir.join("shadow-link"))?;
+    std::os::unix::fs::symlink(format!("{depth}etc/shadow"), dir.join("shadow-up"))?;
+    for link in ["shadow-link", "shadow-up"] {
+        let read = std::fs::read(dir.join(link));
+        let what = match &read {
+            Ok(bytes) => format!("{} bytes", bytes.len()),
+            Err(e) => e.to_string(),
+        };
+        // Whatever it read, the host checks it is not its shadow file.
+        std::fs::write(dir.join(format!("{link}.read")), read.unwrap_or_default())?;
+        println!("husk-guest-probe: {which}: reading through {link}: {what}");
+    }
+    println!("husk-guest-probe: fs-privilege done in {}", dir.display());
     Ok(())
 }
 

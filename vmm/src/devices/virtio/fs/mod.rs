@@ -11,8 +11,19 @@
 //! fuse-backend-rs [`Server`] over the share's file system: fuse-backend-rs's
 //! passthrough file system over the shared directory, plus husk's policies
 //! (read-only shares, caps on the inodes and handles a guest can hold, no
-//! device nodes, no writes to host-privileged xattrs). The `share` module
-//! says what confines the guest to the shared directory.
+//! device nodes, no writes to host-privileged xattrs, no privilege granted:
+//! the guest's root squashed to `root_uid` / `root_gid` unless the share
+//! allows host root, no setuid bits, setuid and setgid cleared on writes).
+//! The `share` module says what confines the guest to the shared directory
+//! and how privilege is kept out of it.
+//!
+//! Descriptors: every inode and handle the guest holds is a descriptor in
+//! the VMM, bounded per share by [`FsLimits`]. The VMM builds its shares
+//! with [`share_limits`], which fits the limits of all of them (plus
+//! [`VMM_FD_RESERVE`]) in its RLIMIT_NOFILE, so a guest exhausting one
+//! share gets ENFILE / EMFILE from it while the other shares and devices
+//! keep working; [`fd_budget`] is the RLIMIT_NOFILE that gives every share
+//! the default limits.
 //!
 //! Each FUSE request from the guest runs under the uid and gid its header
 //! names for the calls that create files (PassthroughFs switches the event
@@ -56,11 +67,35 @@ use vmm_sys_util::eventfd::EventFd;
 
 use dax::DaxWindow;
 pub use dax::DAX_SHM_ID;
-pub use share::FsLimits;
-use share::{ShareConfig, ShareFs};
+pub use share::{current_fd_limit, fd_budget, FsLimits, SHARE_FD_OVERHEAD, VMM_FD_RESERVE};
+use share::{Owners, ShareConfig, ShareFs};
 
 use super::shm::ShmRegion;
 use super::{ActivateError, ActivatedQueues, VirtioDevice, VirtioInterrupt, TYPE_FS};
+
+/// The limits for each of `shares` shares in this process: the defaults, or
+/// less if its RLIMIT_NOFILE cannot hold them all (logged, as is a limit so
+/// low that even the smallest usable ones do not fit).
+pub fn share_limits(shares: usize) -> FsLimits {
+    let Some(nofile) = current_fd_limit() else { return FsLimits::default() };
+    let limits = FsLimits::within(nofile, shares);
+    if limits != FsLimits::default() {
+        tracing::info!(
+            "virtio-fs: RLIMIT_NOFILE {nofile} is below the {} that {shares} share(s) need for the default limits: \
+             each holds at most {} inodes and {} open files",
+            fd_budget(shares),
+            limits.max_inodes,
+            limits.max_handles
+        );
+    }
+    if !limits.fit(nofile, shares) {
+        tracing::warn!(
+            "virtio-fs: RLIMIT_NOFILE {nofile} is too low for {shares} share(s): a guest can exhaust the VMM's \
+             descriptors"
+        );
+    }
+    limits
+}
 
 /// The high-priority queue's index.
 pub const HIPRIO_QUEUE: usize = 0;
@@ -203,8 +238,16 @@ impl Fs {
                 })
             })
             .transpose()?;
-        let share =
-            ShareConfig { root_dir, read_only: config.read_only, cache: config.cache, limits, dax: dax.is_some() };
+        let owners =
+            Owners { allow_host_root: config.allow_host_root, root_uid: config.root_uid, root_gid: config.root_gid };
+        let share = ShareConfig {
+            root_dir,
+            read_only: config.read_only,
+            cache: config.cache,
+            limits,
+            dax: dax.is_some(),
+            owners,
+        };
         let root_dir = || share.root_dir.clone();
         let backend =
             Backend::new(&share).map_err(|source| FsError::Backend { fs_id: fs_id(), path: root_dir(), source })?;
@@ -244,6 +287,11 @@ impl Fs {
 
     pub fn read_only(&self) -> bool {
         self.share.read_only
+    }
+
+    /// The limits the guest is held to.
+    pub fn limits(&self) -> FsLimits {
+        self.share.limits
     }
 
     /// The DAX window's size in bytes, if the device has one.

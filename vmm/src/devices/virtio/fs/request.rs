@@ -58,6 +58,14 @@ fn opcode_known(opcode: u32) -> bool {
     opcode >= Opcode::Lookup as u32 && opcode < Opcode::MaxOpcode as u32 && opcode != 7 && opcode != 19
 }
 
+/// FUSE_SYNCFS, FUSE_TMPFILE and FUSE_STATX: newer than fuse-backend-rs's
+/// opcodes, and sent by a well-behaved guest kernel (a 6.12 one on every
+/// statx(2)), which falls back (GETATTR for STATX) or gives up quietly on
+/// ENOSYS. Answered so without counting or logging them as errors.
+fn kernel_fallback(opcode: u32) -> bool {
+    matches!(opcode, 50..=52)
+}
+
 /// Requests the protocol never answers.
 fn expects_reply(opcode: u32) -> bool {
     opcode != Opcode::Forget as u32 && opcode != Opcode::BatchForget as u32 && opcode != Opcode::Interrupt as u32
@@ -141,6 +149,16 @@ pub(super) fn handle_chain(
         }
     };
 
+    if kernel_fallback(opcode) {
+        tracing::trace!("virtio-fs: FUSE opcode {opcode} answered ENOSYS (the guest falls back)");
+        return match reply_error(writer, header.unique, libc::ENOSYS) {
+            Some(len) => len,
+            None => {
+                bad_chain(metrics, head, &format_args!("no room for a reply (FUSE opcode {opcode})"));
+                0
+            }
+        };
+    }
     if !opcode_known(opcode) {
         return fail(writer, libc::ENOSYS, &"unsupported");
     }

@@ -8,7 +8,8 @@
 //!   `O_PATH` descriptor in the VMM) and open file handles;
 //! - bounds on host allocations sized by guest-controlled fields (xattr and
 //!   directory buffer sizes, which `PassthroughFs` allocates up front);
-//! - no device nodes, and no writes to host-privileged xattr namespaces.
+//! - no device nodes, and no writes to host-privileged xattr namespaces;
+//! - no privilege granted through the share (see "Privilege" below).
 //!
 //! Path confinement is `PassthroughFs`'s own design, which the tests check:
 //! every inode is an `O_PATH | O_NOFOLLOW` descriptor opened with `*at`
@@ -17,6 +18,46 @@
 //! directories are ever opened for I/O, and attribute changes go through
 //! `/proc/self/fd` magic links, which the kernel resolves to the inode itself
 //! without following a symlink further.
+//!
+//! # Privilege
+//!
+//! PassthroughFs creates files under the guest's uid and gid (switching the
+//! serving thread's effective ids; the guest's root stays the VMM's root,
+//! with its capabilities, so permission checks are the guest's). Whatever
+//! the guest's root does, nothing it leaves in the share grants privilege
+//! on the host:
+//!
+//! - Ownership: unless the share allows host root, a file, directory, node
+//!   or symlink that a creation leaves owned by uid 0 or gid 0 (the guest's
+//!   root, or a gid inherited from a setgid directory of group 0) is given
+//!   the share's `root_uid` / `root_gid` before the guest hears of it, and a
+//!   chown or chgrp to 0 is one to `root_uid` / `root_gid`. Other ids pass
+//!   through; the guest sees the host's ids (no reverse mapping). The fix
+//!   is a `fchownat` on the new inode's own `O_PATH` descriptor right after
+//!   the creation, so for that instant the host holds a root-owned entry;
+//!   it carries no setuid or setgid bit (stripped below), the guest cannot
+//!   reach it in between (requests are served one at a time), and if the
+//!   chown fails the entry is removed and the creation fails. CREATE always
+//!   runs with O_EXCL, so only files it made are changed; an existing file
+//!   is opened instead, as CREATE without O_EXCL would.
+//! - Modes: setuid is stripped from every mode the guest asks for (CREATE,
+//!   MKNOD, MKDIR, SETATTR), setgid from every one but a directory's (where
+//!   it only makes new entries inherit the directory's group).
+//! - killpriv: WRITE, truncation (SETATTR size, OPEN with O_TRUNC),
+//!   FALLOCATE and writable DAX mappings of a regular file that has setuid,
+//!   or setgid with group execute, first clear those bits on the host, as
+//!   the kernel's `file_remove_privs` does, whether or not the guest asked
+//!   (FUSE_WRITE_KILL_SUIDGID). It costs one `fstat` per write. The host
+//!   kernel itself drops `security.capability` on every write and
+//!   truncation, whoever writes; FALLOCATE and DAX mappings drop it here.
+//!   The guest's own kill-privilege flags are then removed from the
+//!   request: PassthroughFs would act on them by dropping CAP_FSETID around
+//!   the call (capget and capset each time) for the same effect.
+//! - File capabilities: setting `security.capability` is refused (EPERM)
+//!   unless the share allows host root.
+//! - Device nodes: refused (EPERM) whatever the share; OPEN with O_TMPFILE
+//!   (which a guest kernel never sends: it would use FUSE_TMPFILE, not
+//!   served) is refused too.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::CStr;
@@ -24,7 +65,7 @@ use std::io;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn};
+use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn, FOPEN_IN_KILL_SUIDGID, WRITE_KILL_PRIV};
 use fuse_backend_rs::abi::virtio_fs::{RemovemappingOne, SetupmappingFlags};
 use fuse_backend_rs::api::filesystem::{
     Context, DirEntry, Entry, FileLock, FileSystem, FsOptions, GetxattrReply, IoctlData, ListxattrReply, OpenOptions,
@@ -63,6 +104,102 @@ impl Default for FsLimits {
     }
 }
 
+/// Descriptors the VMM keeps for everything but its shares' inodes and
+/// handles: guest memory, KVM, eventfds, the API and vsock sockets, logs.
+pub const VMM_FD_RESERVE: u64 = 1024;
+
+/// Descriptors one share holds beside the guest's inodes and handles: its
+/// root, `/proc/self/fd`, the mount table, and those a request opens for
+/// its duration.
+pub const SHARE_FD_OVERHEAD: u64 = 8;
+
+/// The fewest inodes and handles a share gets however low the descriptor
+/// limit: below this no guest could use it.
+const MIN_LIMITS: FsLimits = FsLimits { max_inodes: 64, max_handles: 16 };
+
+impl FsLimits {
+    /// Descriptors a guest can make the VMM hold through one share.
+    pub fn fds(&self) -> u64 {
+        (self.max_inodes as u64).saturating_add(self.max_handles as u64).saturating_add(SHARE_FD_OVERHEAD)
+    }
+
+    /// The limits each of `shares` shares gets so that all of them
+    /// exhausted together, plus [`VMM_FD_RESERVE`], stay within `nofile`
+    /// descriptors (the VMM's RLIMIT_NOFILE): the defaults, or less in the
+    /// defaults' proportions (16 inodes to a handle), but never below a
+    /// usable floor (then the bound can exceed `nofile`; see
+    /// [`FsLimits::fit`]).
+    pub fn within(nofile: u64, shares: usize) -> FsLimits {
+        let default = FsLimits::default();
+        let shares = shares.max(1) as u64;
+        let per_share = nofile.saturating_sub(VMM_FD_RESERVE) / shares;
+        if per_share >= default.fds() {
+            return default;
+        }
+        let guest_fds = per_share.saturating_sub(SHARE_FD_OVERHEAD);
+        let handles = (guest_fds / 17).max(MIN_LIMITS.max_handles as u64);
+        let inodes = guest_fds.saturating_sub(handles).max(MIN_LIMITS.max_inodes as u64);
+        FsLimits { max_inodes: inodes as usize, max_handles: handles as usize }
+    }
+
+    /// Whether `shares` shares at these limits fit in `nofile` descriptors
+    /// beside [`VMM_FD_RESERVE`].
+    pub fn fit(&self, nofile: u64, shares: usize) -> bool {
+        self.fds().saturating_mul(shares as u64).saturating_add(VMM_FD_RESERVE) <= nofile
+    }
+}
+
+/// The RLIMIT_NOFILE a VMM with `shares` virtio-fs shares needs for each to
+/// get the default [`FsLimits`]: whatever sets the VMM's descriptor limit
+/// (a jail, a service manager) should allow at least this much. With less,
+/// the shares get smaller limits ([`FsLimits::within`]) rather than let a
+/// guest exhaust the VMM's descriptors.
+pub fn fd_budget(shares: usize) -> u64 {
+    FsLimits::default().fds().saturating_mul(shares as u64).saturating_add(VMM_FD_RESERVE)
+}
+
+/// The process's current RLIMIT_NOFILE (its soft limit), or None if it is
+/// unlimited or cannot be read.
+pub fn current_fd_limit() -> Option<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the rlimit it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 || limit.rlim_cur == libc::RLIM_INFINITY {
+        return None;
+    }
+    Some(limit.rlim_cur)
+}
+
+/// How a share writes the owners of what the guest creates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owners {
+    /// The guest's ids are written as they are, 0 included.
+    pub allow_host_root: bool,
+    /// What uid 0 becomes otherwise.
+    pub root_uid: u32,
+    /// What gid 0 becomes otherwise.
+    pub root_gid: u32,
+}
+
+impl Default for Owners {
+    fn default() -> Self {
+        Self {
+            allow_host_root: false,
+            root_uid: husk_api::devices::FS_DEFAULT_ROOT_ID,
+            root_gid: husk_api::devices::FS_DEFAULT_ROOT_ID,
+        }
+    }
+}
+
+impl Owners {
+    /// The owner to write for `uid` and `gid`: None where it stays.
+    fn squash(&self, uid: u32, gid: u32) -> (Option<u32>, Option<u32>) {
+        if self.allow_host_root {
+            return (None, None);
+        }
+        ((uid == 0).then_some(self.root_uid), (gid == 0).then_some(self.root_gid))
+    }
+}
+
 /// What a share serves and how; everything needed to build its file system
 /// again for a new FUSE session.
 #[derive(Clone, Debug)]
@@ -75,6 +212,7 @@ pub(super) struct ShareConfig {
     pub limits: FsLimits,
     /// The device has a DAX window: the guest may map files into it.
     pub dax: bool,
+    pub owners: Owners,
 }
 
 impl ShareConfig {
@@ -180,13 +318,61 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// O_TMPFILE without its O_DIRECTORY part: an unnamed new file.
+const O_TMPFILE_ONLY: i32 = libc::O_TMPFILE & !libc::O_DIRECTORY;
+
+/// Guest flags a READ or WRITE may apply to its handle. fuse-backend-rs
+/// (0.14.0, passthrough read and write) applies the request's flags with
+/// fcntl(F_SETFL) after wrapping the handle's descriptor in a `File`, which
+/// it drops when that call fails: it closes the descriptor the handle still
+/// owns, and its number, reused by the next open, is closed again when the
+/// handle is released (found by the `fuse` fuzz target). So only the flags
+/// F_SETFL cannot refuse on an open file reach it: O_DIRECT (EINVAL where
+/// the host's file system lacks it), O_NOATIME (EPERM on others' files) and
+/// O_ASYNC are dropped, and O_PATH handles are never made (see `open`,
+/// `create` and `opendir`).
+fn io_flags(flags: u32) -> u32 {
+    flags & (libc::O_APPEND | libc::O_NONBLOCK) as u32
+}
+
 /// Whether OPEN flags would let the handle change the file (or create one).
 fn open_flags_mutate(flags: u32) -> bool {
     let flags = flags as i32;
-    // O_TMPFILE without its O_DIRECTORY part: an unnamed new file.
-    let tmpfile = libc::O_TMPFILE & !libc::O_DIRECTORY;
     // Linux truncates on O_RDONLY | O_TRUNC too.
-    flags & libc::O_ACCMODE != libc::O_RDONLY || flags & (libc::O_TRUNC | libc::O_CREAT | tmpfile) != 0
+    flags & libc::O_ACCMODE != libc::O_RDONLY || flags & (libc::O_TRUNC | libc::O_CREAT | O_TMPFILE_ONLY) != 0
+}
+
+/// `mode` without what the guest may not set: setuid always, setgid on
+/// anything but a directory (where it only passes the directory's group
+/// on to new entries).
+fn unprivileged_mode(mode: u32, dir: bool) -> u32 {
+    let strip = if dir { libc::S_ISUID } else { libc::S_ISUID | libc::S_ISGID };
+    mode & !strip
+}
+
+/// The bits a write to a file of `mode` must clear, as the kernel's
+/// `file_remove_privs`: setuid, and setgid with group execute (setgid
+/// without it marks mandatory locking, not privilege). Only regular files
+/// are written.
+fn privileged_bits(mode: u32) -> u32 {
+    if mode & libc::S_IFMT != libc::S_IFREG {
+        return 0;
+    }
+    let mut bits = mode & libc::S_ISUID;
+    if mode & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID | libc::S_IXGRP {
+        bits |= libc::S_ISGID;
+    }
+    bits
+}
+
+/// The xattr holding a file's capabilities.
+const CAPABILITY_XATTR: &CStr = c"security.capability";
+
+/// A `stat64` of zeroes, for SETATTR arguments (only the fields `valid`
+/// names are read).
+fn zeroed_stat() -> stat64 {
+    // SAFETY: stat64 is plain integers, for which all zeroes is valid.
+    unsafe { std::mem::zeroed() }
 }
 
 /// The xattr names a guest may set or remove. Others live in namespaces
@@ -210,6 +396,7 @@ pub(super) struct ShareFs {
     read_only: bool,
     limits: FsLimits,
     dax: bool,
+    owners: Owners,
     /// Lookup counts of the inodes the guest holds, kept by the same rules
     /// as PassthroughFs's own counts: +1 for every entry handed to the
     /// guest, -n on FORGET, gone at zero, the root never counted.
@@ -232,6 +419,7 @@ impl ShareFs {
             read_only: config.read_only,
             limits: config.limits,
             dax: config.dax,
+            owners: config.owners,
             inodes: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashSet::new()),
         })
@@ -305,6 +493,125 @@ impl ShareFs {
     fn count_handle(&self, handle: Option<u64>) {
         if let Some(handle) = handle {
             lock(&self.handles).insert(handle);
+        }
+    }
+
+    /// Gives an entry the guest just created the owner the share's
+    /// [`Owners`] want (a no-op for most entries). If that fails, the entry
+    /// is removed again (`dir`: with rmdir) and forgotten, and the error
+    /// answered: nothing the guest made stays owned by host root.
+    fn settle_owner(&self, ctx: &Context, parent: u64, name: &CStr, mut entry: Entry, dir: bool) -> io::Result<Entry> {
+        let (uid, gid) = self.owners.squash(entry.attr.st_uid, entry.attr.st_gid);
+        if uid.is_none() && gid.is_none() {
+            return Ok(entry);
+        }
+        let mut attr = zeroed_stat();
+        let mut valid = SetattrValid::empty();
+        if let Some(uid) = uid {
+            attr.st_uid = uid;
+            valid |= SetattrValid::UID;
+        }
+        if let Some(gid) = gid {
+            attr.st_gid = gid;
+            valid |= SetattrValid::GID;
+        }
+        // fchownat on the inode's own O_PATH descriptor (AT_EMPTY_PATH,
+        // AT_SYMLINK_NOFOLLOW): the new entry itself, a symlink included.
+        match self.inner.setattr(ctx, entry.inode, attr, None, valid) {
+            Ok((st, _)) => {
+                entry.attr = st;
+                Ok(entry)
+            }
+            Err(err) => {
+                let removed =
+                    if dir { self.inner.rmdir(ctx, parent, name) } else { self.inner.unlink(ctx, parent, name) };
+                if let Err(remove_err) = removed {
+                    tracing::error!("virtio-fs: removing {name:?} after failing to chown it ({err}): {remove_err}");
+                }
+                self.inner.forget(ctx, entry.inode, 1);
+                Err(err)
+            }
+        }
+    }
+
+    /// Clears setuid and setgid on a regular file about to be written, as
+    /// the kernel's `file_remove_privs` would (whatever the guest asked);
+    /// with `capability`, its `security.capability` too (the host kernel
+    /// drops that itself on writes and truncation, not on every file
+    /// system's fallocate, nor for writes through a DAX mapping). One fstat
+    /// (on `handle` when given) when there is nothing to clear.
+    pub(super) fn remove_privs(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: Option<u64>,
+        capability: bool,
+    ) -> io::Result<()> {
+        let (st, _) = self.inner.getattr(ctx, inode, handle)?;
+        let bits = privileged_bits(st.st_mode);
+        if bits != 0 {
+            let mut attr = zeroed_stat();
+            attr.st_mode = st.st_mode & 0o7777 & !bits;
+            self.inner.setattr(ctx, inode, attr, handle, SetattrValid::MODE)?;
+        }
+        if capability && st.st_mode & libc::S_IFMT == libc::S_IFREG {
+            match self.inner.removexattr(ctx, inode, CAPABILITY_XATTR) {
+                Err(err) if err.raw_os_error() != Some(libc::ENODATA) => return Err(err),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// CREATE that changes only files it made: with O_EXCL, then, if the
+    /// name exists and the guest did not ask for O_EXCL, a LOOKUP and OPEN
+    /// of the existing file (what PassthroughFs does in that case).
+    fn create_settled(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        args: CreateIn,
+    ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
+        // (A new file has nothing to kill; FOPEN_IN_KILL_SUIDGID is for the
+        // existing one, handled below.)
+        let exclusive = CreateIn {
+            flags: args.flags | libc::O_EXCL as u32,
+            fuse_flags: args.fuse_flags & !FOPEN_IN_KILL_SUIDGID,
+            ..args
+        };
+        let created = {
+            let _umask = ZeroUmask::new();
+            self.inner.create(ctx, parent, name, exclusive)
+        };
+        match created {
+            Ok((entry, handle, opts, passthrough)) => {
+                let settled = self.settle_owner(ctx, parent, name, entry, false);
+                if settled.is_err() {
+                    if let Some(handle) = handle {
+                        let _ = self.inner.release(ctx, entry.inode, args.flags, handle, false, false, None);
+                    }
+                }
+                Ok((settled?, handle, opts, passthrough))
+            }
+            Err(err) if err.raw_os_error() == Some(libc::EEXIST) && args.flags & libc::O_EXCL as u32 == 0 => {
+                let entry = self.inner.lookup(ctx, parent, name)?;
+                let flags = args.flags & !(libc::O_CREAT as u32);
+                if flags as i32 & libc::O_TRUNC != 0 {
+                    if let Err(err) = self.remove_privs(ctx, entry.inode, None, false) {
+                        self.inner.forget(ctx, entry.inode, 1);
+                        return Err(err);
+                    }
+                }
+                match self.inner.open(ctx, entry.inode, flags, args.fuse_flags & !FOPEN_IN_KILL_SUIDGID) {
+                    Ok((handle, opts, passthrough)) => Ok((entry, handle, opts, passthrough)),
+                    Err(err) => {
+                        self.inner.forget(ctx, entry.inode, 1);
+                        Err(err)
+                    }
+                }
+            }
+            Err(err) => Err(err),
         }
     }
 
@@ -383,6 +690,26 @@ impl FileSystem for ShareFs {
         valid: SetattrValid,
     ) -> io::Result<(stat64, Duration)> {
         self.refuse_if_read_only()?;
+        let mut attr = attr;
+        if valid.contains(SetattrValid::MODE) {
+            // The file type the guest sends along can be a lie; the host's
+            // decides whether setgid may stay.
+            let (st, _) = self.inner.getattr(ctx, inode, None)?;
+            let dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+            attr.st_mode = unprivileged_mode(attr.st_mode, dir);
+        }
+        let (uid, gid) = self.owners.squash(attr.st_uid, attr.st_gid);
+        if let (true, Some(uid)) = (valid.contains(SetattrValid::UID), uid) {
+            attr.st_uid = uid;
+        }
+        if let (true, Some(gid)) = (valid.contains(SetattrValid::GID), gid) {
+            attr.st_gid = gid;
+        }
+        let mut valid = valid;
+        if valid.contains(SetattrValid::SIZE) {
+            self.remove_privs(ctx, inode, handle, false)?;
+            valid.remove(SetattrValid::KILL_SUIDGID);
+        }
         self.inner.setattr(ctx, inode, attr, handle, valid)
     }
 
@@ -394,6 +721,7 @@ impl FileSystem for ShareFs {
         self.refuse_if_read_only()?;
         self.check_inode_room()?;
         let entry = self.inner.symlink(ctx, linkname, parent, name)?;
+        let entry = self.settle_owner(ctx, parent, name, entry, false)?;
         self.count_entry(entry.inode);
         Ok(entry)
     }
@@ -408,10 +736,12 @@ impl FileSystem for ShareFs {
             return Err(errno(libc::EPERM));
         }
         self.check_inode_room()?;
+        let mode = unprivileged_mode(mode, false);
         let entry = {
             let _umask = ZeroUmask::new();
             self.inner.mknod(ctx, parent, name, mode, rdev, umask)?
         };
+        let entry = self.settle_owner(ctx, parent, name, entry, false)?;
         self.count_entry(entry.inode);
         Ok(entry)
     }
@@ -419,10 +749,12 @@ impl FileSystem for ShareFs {
     fn mkdir(&self, ctx: &Context, parent: u64, name: &CStr, mode: u32, umask: u32) -> io::Result<Entry> {
         self.refuse_if_read_only()?;
         self.check_inode_room()?;
+        let mode = unprivileged_mode(mode, true);
         let entry = {
             let _umask = ZeroUmask::new();
             self.inner.mkdir(ctx, parent, name, mode, umask)?
         };
+        let entry = self.settle_owner(ctx, parent, name, entry, true)?;
         self.count_entry(entry.inode);
         Ok(entry)
     }
@@ -469,8 +801,21 @@ impl FileSystem for ShareFs {
         if open_flags_mutate(flags) {
             self.refuse_if_read_only()?;
         }
+        if flags as i32 & O_TMPFILE_ONLY != 0 {
+            // A guest kernel makes unnamed files with FUSE_TMPFILE, which is
+            // not served; this would make one owned by the VMM's ids.
+            return Err(errno(libc::EOPNOTSUPP));
+        }
+        if flags as i32 & libc::O_PATH != 0 {
+            // A guest kernel never sends it; a handle on an O_PATH
+            // descriptor fails every fcntl(F_SETFL) (see `io_flags`).
+            return Err(errno(libc::EINVAL));
+        }
         self.check_handle_room()?;
-        let opened = self.inner.open(ctx, inode, flags, fuse_flags)?;
+        if flags as i32 & libc::O_TRUNC != 0 {
+            self.remove_privs(ctx, inode, None, false)?;
+        }
+        let opened = self.inner.open(ctx, inode, flags, fuse_flags & !FOPEN_IN_KILL_SUIDGID)?;
         self.count_handle(opened.0);
         Ok(opened)
     }
@@ -483,12 +828,13 @@ impl FileSystem for ShareFs {
         args: CreateIn,
     ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
         self.refuse_if_read_only()?;
+        if args.flags as i32 & (O_TMPFILE_ONLY | libc::O_PATH) != 0 {
+            return Err(errno(libc::EINVAL));
+        }
         self.check_inode_room()?;
         self.check_handle_room()?;
-        let created = {
-            let _umask = ZeroUmask::new();
-            self.inner.create(ctx, parent, name, args)?
-        };
+        let args = CreateIn { mode: unprivileged_mode(args.mode, false), ..args };
+        let created = self.create_settled(ctx, parent, name, args)?;
         self.count_entry(created.0.inode);
         self.count_handle(created.1);
         Ok(created)
@@ -505,7 +851,7 @@ impl FileSystem for ShareFs {
         lock_owner: Option<u64>,
         flags: u32,
     ) -> io::Result<usize> {
-        self.inner.read(ctx, inode, handle, w, size, offset, lock_owner, flags)
+        self.inner.read(ctx, inode, handle, w, size, offset, lock_owner, io_flags(flags))
     }
 
     fn write(
@@ -522,6 +868,9 @@ impl FileSystem for ShareFs {
         fuse_flags: u32,
     ) -> io::Result<usize> {
         self.refuse_if_read_only()?;
+        self.remove_privs(ctx, inode, Some(handle), false)?;
+        let fuse_flags = fuse_flags & !WRITE_KILL_PRIV;
+        let flags = io_flags(flags);
         self.inner.write(ctx, inode, handle, r, size, offset, lock_owner, delayed_write, flags, fuse_flags)
     }
 
@@ -535,6 +884,7 @@ impl FileSystem for ShareFs {
 
     fn fallocate(&self, ctx: &Context, inode: u64, handle: u64, mode: u32, offset: u64, length: u64) -> io::Result<()> {
         self.refuse_if_read_only()?;
+        self.remove_privs(ctx, inode, Some(handle), true)?;
         self.inner.fallocate(ctx, inode, handle, mode, offset, length)
     }
 
@@ -562,6 +912,10 @@ impl FileSystem for ShareFs {
         if !xattr_name_writable(name) {
             return Err(errno(libc::EPERM));
         }
+        // File capabilities are privilege on the host as much as setuid.
+        if name == CAPABILITY_XATTR && !self.owners.allow_host_root {
+            return Err(errno(libc::EPERM));
+        }
         self.inner.setxattr(ctx, inode, name, value, flags)
     }
 
@@ -582,6 +936,10 @@ impl FileSystem for ShareFs {
     }
 
     fn opendir(&self, ctx: &Context, inode: u64, flags: u32) -> io::Result<(Option<u64>, OpenOptions)> {
+        if flags as i32 & libc::O_PATH != 0 {
+            // A READ or WRITE may name a directory's handle (see `io_flags`).
+            return Err(errno(libc::EINVAL));
+        }
         self.check_handle_room()?;
         let opened = self.inner.opendir(ctx, inode, flags)?;
         self.count_handle(opened.0);
@@ -667,6 +1025,9 @@ impl FileSystem for ShareFs {
     ) -> io::Result<()> {
         if flags & SetupmappingFlags::WRITE.bits() != 0 {
             self.refuse_if_read_only()?;
+            // The guest's stores through the mapping reach the file
+            // without a write the host kernel sees.
+            self.remove_privs(ctx, inode, None, true)?;
         }
         self.inner.setupmapping(ctx, inode, handle, foffset, len, flags, moffset, vu_req)
     }

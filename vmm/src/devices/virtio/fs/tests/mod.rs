@@ -7,6 +7,7 @@
 mod device;
 mod hostile;
 mod ops;
+mod privilege;
 mod security;
 
 use std::ffi::CString;
@@ -23,7 +24,6 @@ use fuse_backend_rs::abi::fuse_abi::{
 use husk_api::devices::{FsCachePolicy, FsConfig};
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
 use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
@@ -125,6 +125,9 @@ pub(super) fn fs_config(shared_dir: &Path, read_only: bool) -> FsConfig {
         read_only,
         cache: FsCachePolicy::Auto,
         dax_window_mib: None,
+        allow_host_root: false,
+        root_uid: husk_api::devices::FS_DEFAULT_ROOT_ID,
+        root_gid: husk_api::devices::FS_DEFAULT_ROOT_ID,
     }
 }
 
@@ -135,14 +138,32 @@ pub(super) fn new_base() -> (TempDir, PathBuf) {
     (base, share)
 }
 
-/// Queues laid out in `mem` by virtio-queue's mock driver.
+/// Queues laid out in `mem` as a driver would, their rings emptied. Not
+/// with `MockSplitQueue`: its `end()` adds the ring's length in entries,
+/// not bytes, so its used ring overlaps the second half of the available
+/// ring (and the 129th request reads a used entry as its head).
 pub(super) fn queues_in(mem: &GuestMemoryMmap) -> (Vec<Queue>, [(GuestAddress, GuestAddress, GuestAddress); 2]) {
+    use virtio_queue::QueueT;
     let mut queues = Vec::new();
     let mut addrs = [(GuestAddress(0), GuestAddress(0), GuestAddress(0)); NUM_QUEUES];
+    let size = u64::from(RING_SIZE);
     for (index, base) in RING_BASES.iter().enumerate() {
-        let mock = MockSplitQueue::create(mem, GuestAddress(*base), RING_SIZE);
-        queues.push(mock.create_queue::<Queue>().expect("queue"));
-        addrs[index] = (mock.desc_table_addr(), mock.avail_addr(), mock.used_addr());
+        let desc_table = GuestAddress(*base);
+        let avail = desc_table.unchecked_add(16 * size);
+        // flags, idx, the ring, used_event; the used ring 4-byte aligned.
+        let used = GuestAddress((avail.0 + 6 + 2 * size).next_multiple_of(4));
+        let end = used.0 + 6 + 8 * size;
+        assert!(index + 1 == NUM_QUEUES || end <= RING_BASES[index + 1], "queue {index}'s rings overlap the next");
+        mem.write_slice(&vec![0u8; (end - base) as usize], desc_table).expect("empty rings");
+        let mut queue = Queue::new(RING_SIZE).expect("queue");
+        queue.set_size(RING_SIZE);
+        queue.set_desc_table_address(Some(desc_table.0 as u32), Some((desc_table.0 >> 32) as u32));
+        queue.set_avail_ring_address(Some(avail.0 as u32), Some((avail.0 >> 32) as u32));
+        queue.set_used_ring_address(Some(used.0 as u32), Some((used.0 >> 32) as u32));
+        queue.set_ready(true);
+        assert!(queue.is_valid(mem), "queue {index}");
+        queues.push(queue);
+        addrs[index] = (desc_table, avail, used);
     }
     (queues, addrs)
 }
@@ -155,9 +176,17 @@ impl Harness {
     /// A harness whose share is populated by `populate` before the device
     /// opens it.
     pub fn with_limits(read_only: bool, limits: FsLimits, populate: impl FnOnce(&Path)) -> Self {
+        Self::with_config(|config| config.read_only = read_only, limits, populate)
+    }
+
+    /// A harness whose share is configured by `configure` (from
+    /// [`fs_config`], writable) and populated by `populate`.
+    pub fn with_config(configure: impl FnOnce(&mut FsConfig), limits: FsLimits, populate: impl FnOnce(&Path)) -> Self {
         let (base, share) = new_base();
         populate(&share);
-        let fs = Fs::with_limits(&fs_config(&share, read_only), limits).expect("device");
+        let mut config = fs_config(&share, false);
+        configure(&mut config);
+        let fs = Fs::with_limits(&config, limits).expect("device");
         let mut harness = Self::around(base, share, fs);
         harness.activate();
         harness
