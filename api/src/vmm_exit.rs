@@ -12,6 +12,11 @@ pub const USAGE: u8 = 2;
 /// KVM or a vCPU failed (an exit the VMM cannot handle, KVM_RUN errors);
 /// the log carries the exit reason and the vCPU's registers.
 pub const KVM_FAILURE: u8 = 3;
+/// A VMM thread made a system call its seccomp filter does not allow (a
+/// compromised or buggy VMM); the process is ended at once and its stderr
+/// and log say which thread and which call. (Not Firecracker's 148, which
+/// here would read as the guest's power-off status 48.)
+pub const SECCOMP: u8 = 4;
 /// The guest agent powered off with a non-zero status `s`: the VMM exits
 /// with `GUEST_FAILURE_BASE + s` (capped at 255).
 pub const GUEST_FAILURE_BASE: u8 = 100;

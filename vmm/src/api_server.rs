@@ -50,6 +50,7 @@ use tracing::{debug, error, info, warn};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::rpc::{VmmAction, VmmData, VmmResponse};
+use crate::seccomp::{SeccompFilters, ThreadKind};
 
 /// Largest accepted request body: Firecracker's default API payload limit.
 pub const MAX_PAYLOAD_SIZE: usize = 51_200;
@@ -105,6 +106,8 @@ pub enum ApiServerError {
     Bind { path: PathBuf, source: io::Error },
     #[error("cannot start the API server thread: {0}")]
     Spawn(#[source] io::Error),
+    #[error("API server thread: {0}")]
+    Seccomp(#[from] crate::seccomp::SeccompError),
 }
 
 /// A request the API refuses before it reaches the VMM: always a 400 whose
@@ -126,6 +129,14 @@ pub enum RequestError {
     /// field, a missing one, a value of the wrong type or an unknown variant.
     #[error("An error occurred when deserializing the json body of a request: {0}.")]
     Json(#[from] serde_json::Error),
+    /// A JSON array where the API takes an object: serde's derived structs
+    /// would read `[2, 256]` as `{"vcpu_count": 2, "mem_size_mib": 256}`,
+    /// and no request body has an array anywhere.
+    #[error(
+        "An error occurred when deserializing the json body of a request: {0} is a JSON array, \
+         and the API takes objects (and no arrays) in request bodies."
+    )]
+    Array(String),
     /// The id in the path is empty, too long or has characters other than
     /// alphanumerics and `_` (Firecracker's rule, which also keeps `/`,
     /// `%` and `.` out of it).
@@ -198,7 +209,25 @@ pub fn parse_request(method: &str, path: &str, body: &[u8]) -> Result<VmmAction,
 }
 
 fn json<T: DeserializeOwned>(body: &[u8]) -> Result<T, RequestError> {
+    let value: serde_json::Value = serde_json::from_slice(body)?;
+    if let Some(at) = first_array(&value, "") {
+        return Err(RequestError::Array(at));
+    }
+    // Parsed again from the bytes, so that errors give a line and column.
     Ok(serde_json::from_slice(body)?)
+}
+
+/// Where `value` has an array: "the body" or "field `a.b`".
+fn first_array(value: &serde_json::Value, at: &str) -> Option<String> {
+    match value {
+        serde_json::Value::Array(_) if at.is_empty() => Some("the body".to_string()),
+        serde_json::Value::Array(_) => Some(format!("field `{at}`")),
+        serde_json::Value::Object(fields) => fields.iter().find_map(|(name, value)| {
+            let path = if at.is_empty() { name.clone() } else { format!("{at}.{name}") };
+            first_array(value, &path)
+        }),
+        _ => None,
+    }
 }
 
 /// Splits a path that ends in an id into its route template and the id:
@@ -312,6 +341,7 @@ impl ApiServer {
             let vmm = Arc::clone(&vmm);
             let spawned = thread::Builder::new().name("husk-api-conn".into()).spawn(move || {
                 let _slot = slot;
+                crate::seccomp::inherited(ThreadKind::Api);
                 serve_connection(stream, &vmm);
             });
             if let Err(e) = spawned {
@@ -322,17 +352,32 @@ impl ApiServer {
         }
     }
 
-    /// Runs [`ApiServer::serve`] on a new thread named `husk-api`.
+    /// Runs [`ApiServer::serve`] on a new thread named `husk-api`, which
+    /// first installs the API's seccomp filter (its connection threads
+    /// inherit it); returns once it has.
     pub fn spawn(
         self,
         to_vmm: Sender<VmmAction>,
         wake_vmm: EventFd,
         from_vmm: Receiver<VmmResponse>,
+        seccomp: Arc<SeccompFilters>,
     ) -> Result<JoinHandle<()>, ApiServerError> {
-        thread::Builder::new()
+        let (filtered, installed) = std::sync::mpsc::sync_channel(1);
+        let thread = thread::Builder::new()
             .name("husk-api".into())
-            .spawn(move || self.serve(to_vmm, wake_vmm, from_vmm))
-            .map_err(ApiServerError::Spawn)
+            .spawn(move || {
+                let result = seccomp.apply(ThreadKind::Api);
+                let ok = result.is_ok();
+                let _ = filtered.send(result);
+                if ok {
+                    self.serve(to_vmm, wake_vmm, from_vmm);
+                }
+            })
+            .map_err(ApiServerError::Spawn)?;
+        match installed.recv() {
+            Ok(result) => result.map(|()| thread).map_err(ApiServerError::from),
+            Err(_) => Err(ApiServerError::Spawn(io::Error::other("the API thread ended before it started"))),
+        }
     }
 }
 
@@ -829,6 +874,23 @@ mod tests {
     }
 
     #[test]
+    fn arrays_are_refused_where_structs_would_read_them_as_fields() {
+        // serde's derived structs take a sequence of field values in order.
+        assert_eq!(
+            fault(parse("PUT", "/machine-config", "[2, 256]")),
+            "An error occurred when deserializing the json body of a request: the body is a JSON array, \
+             and the API takes objects (and no arrays) in request bodies."
+        );
+        let body = r#"{"iface_id": "e", "host_dev_name": "t", "rx_rate_limiter": {"bandwidth": [1000, 100]}}"#;
+        assert!(fault(parse("PUT", "/network-interfaces/e", body))
+            .contains("field `rx_rate_limiter.bandwidth` is a JSON array"));
+        assert!(fault(parse("PUT", "/metrics", r#"{"metrics_path": ["/m"]}"#))
+            .contains("field `metrics_path` is a JSON array"));
+        // Syntax errors still say where.
+        assert!(fault(parse("PUT", "/metrics", r#"{"metrics_path": "#)).contains("line 1 column 17"));
+    }
+
+    #[test]
     fn body_checks_come_first_as_in_firecracker() {
         assert_eq!(fault(parse("GET", "/", "{}")), "GET request cannot have a body.");
         assert_eq!(fault(parse("GET", "/nowhere", "{}")), "GET request cannot have a body.");
@@ -961,6 +1023,9 @@ mod tests {
                 read_only: true,
                 cache: FsCachePolicy::Never,
                 dax_window_mib: None,
+                allow_host_root: false,
+                root_uid: 65534,
+                root_gid: 65534,
             })
         );
         assert_eq!(
@@ -1029,7 +1094,7 @@ mod tests {
             let wake = EventFd::new(0).unwrap();
             let vmm_wake = wake.try_clone().unwrap();
             thread::spawn(move || fake_vmm(vmm_wake, from_api, to_api, seen_tx));
-            server.spawn(to_vmm, wake, from_vmm).unwrap();
+            server.spawn(to_vmm, wake, from_vmm, Arc::new(SeccompFilters::disabled())).unwrap();
             Self { dir, socket, seen }
         }
 
@@ -1424,7 +1489,10 @@ mod tests {
         let (to_vmm, from_api) = mpsc::channel();
         let (_to_api, from_vmm) = mpsc::channel();
         drop(from_api);
-        ApiServer::bind(&socket).unwrap().spawn(to_vmm, EventFd::new(0).unwrap(), from_vmm).unwrap();
+        ApiServer::bind(&socket)
+            .unwrap()
+            .spawn(to_vmm, EventFd::new(0).unwrap(), from_vmm, Arc::new(SeccompFilters::disabled()))
+            .unwrap();
         let mut client = Client::new(UnixStream::connect(&socket).unwrap());
         let reply = client.request("GET", "/", "");
         assert_eq!(reply.status, 500);

@@ -7,8 +7,9 @@
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use husk_api::vmm::{LogLevel, LoggerConfig};
@@ -22,6 +23,10 @@ static SHOW_LEVEL: AtomicBool = AtomicBool::new(true);
 static SHOW_ORIGIN: AtomicBool = AtomicBool::new(false);
 static INSTANCE_ID: OnceLock<String> = OnceLock::new();
 static SINK: Mutex<Option<File>> = Mutex::new(None);
+/// The sink's descriptor (-1 for stderr), for the seccomp SIGSYS handler,
+/// which can take no lock. The file is never closed once set: the sink is
+/// set at most once.
+static SINK_FD: AtomicI32 = AtomicI32::new(-1);
 static CONFIGURED: AtomicBool = AtomicBool::new(false);
 
 const fn level_rank(level: Option<Level>) -> u8 {
@@ -68,6 +73,12 @@ pub fn open_sink(path: &str) -> io::Result<File> {
     options.custom_flags(libc::O_CLOEXEC).open(path)
 }
 
+/// The log file's descriptor, when the log goes to a file or FIFO rather
+/// than stderr. Async-signal-safe.
+pub fn sink_fd() -> Option<RawFd> {
+    Some(SINK_FD.load(Ordering::Relaxed)).filter(|&fd| fd >= 0)
+}
+
 /// Installs the global subscriber: to stderr (or `log_path`) at `level`.
 pub fn init(instance_id: &str, log_path: Option<&str>, level: LogLevel) -> Result<(), LoggerError> {
     let _ = INSTANCE_ID.set(instance_id.to_owned());
@@ -103,7 +114,9 @@ pub fn configure(config: &LoggerConfig) -> Result<(), LoggerError> {
 
 fn set_sink(path: &str) -> Result<(), LoggerError> {
     let file = open_sink(path).map_err(|source| LoggerError::Open { path: path.to_owned(), source })?;
-    *SINK.lock().expect("log sink lock") = Some(file);
+    let mut sink = SINK.lock().expect("log sink lock");
+    SINK_FD.store(file.as_raw_fd(), Ordering::Relaxed);
+    *sink = Some(file);
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 //! KVM_RUN with a signal and parks it until resumed.
 
 use std::cell::Cell;
-use std::sync::{Arc, Condvar, Mutex, Once};
+use std::sync::{mpsc, Arc, Condvar, Mutex, Once};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -13,6 +13,8 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::devices::Bus;
 use crate::metrics::METRICS;
+use crate::seccomp::{SeccompFilters, ThreadKind};
+use crate::vm::VmError;
 use crate::vm_exit::{ExitSignal, ResetSource, VmExit};
 
 /// The real-time signal that kicks a vCPU out of KVM_RUN.
@@ -104,13 +106,32 @@ pub struct Vcpu {
     pub exit: Arc<ExitSignal>,
     pub control: Arc<VcpuControl>,
     pub instance_start: Instant,
+    pub seccomp: Arc<SeccompFilters>,
 }
 
 impl Vcpu {
     /// Starts the vCPU's thread. It runs until the VM ends, then parks.
-    pub fn start(self) -> std::io::Result<JoinHandle<()>> {
-        install_kick_handler().map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
-        std::thread::Builder::new().name(format!("vcpu{}", self.id)).spawn(move || self.run())
+    /// Returns once the thread has installed its seccomp filter, so a
+    /// filter that cannot be installed fails the start.
+    pub fn start(self) -> Result<JoinHandle<()>, VmError> {
+        install_kick_handler().map_err(|e| VmError::Thread(std::io::Error::from_raw_os_error(e.errno())))?;
+        let (filtered, installed) = mpsc::sync_channel(1);
+        let thread = std::thread::Builder::new()
+            .name(format!("vcpu{}", self.id))
+            .spawn(move || {
+                let result = self.seccomp.apply(ThreadKind::Vcpu);
+                let ok = result.is_ok();
+                let _ = filtered.send(result);
+                if ok {
+                    self.run();
+                }
+            })
+            .map_err(VmError::Thread)?;
+        match installed.recv() {
+            Ok(Ok(())) => Ok(thread),
+            Ok(Err(err)) => Err(err.into()),
+            Err(_) => Err(VmError::Thread(std::io::Error::other("the vCPU thread ended before it started"))),
+        }
     }
 
     fn run(mut self) {

@@ -29,6 +29,7 @@ use crate::devices::virtio::mmio::{MmioTransport, ShmLayout, MMIO_SLOT_SIZE, QUE
 use crate::devices::virtio::shm::ShmMapping;
 use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
 use crate::devices::Bus;
+use crate::seccomp::SeccompFilters;
 use crate::vcpu::{Vcpu, VcpuControl};
 use crate::vm_exit::ExitSignal;
 
@@ -93,6 +94,8 @@ pub struct VmOptions {
     /// second-level page faults and TLB misses, at up to 2 MiB of host
     /// memory per touched guest region.
     pub transparent_huge_pages: bool,
+    /// The threads' seccomp filters (disabled with `--no-seccomp`).
+    pub seccomp: Arc<SeccompFilters>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +120,8 @@ pub enum VmError {
     Device(String),
     #[error("starting a vCPU thread: {0}")]
     Thread(std::io::Error),
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
 }
 
 fn kvm_err(what: impl Into<String>) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -310,6 +315,7 @@ pub fn start_vm(
             exit: exit.clone(),
             control: control.clone(),
             instance_start,
+            seccomp: options.seccomp.clone(),
         });
     }
     tracing::debug!("vCPUs configured at +{} us", instance_start.elapsed().as_micros());
@@ -317,7 +323,7 @@ pub fn start_vm(
         EntryPoint::Pvh { entry, .. } => tracing::info!("booting through the PVH entry at {:#x}", entry.0),
         EntryPoint::Linux64 { entry, .. } => tracing::info!("booting through the 64-bit entry at {:#x}", entry.0),
     }
-    let vcpu_threads = vcpus.into_iter().map(Vcpu::start).collect::<Result<Vec<_>, _>>().map_err(VmError::Thread)?;
+    let vcpu_threads = vcpus.into_iter().map(Vcpu::start).collect::<Result<Vec<_>, _>>()?;
     Ok(RunningVm {
         vcpu_threads,
         control,

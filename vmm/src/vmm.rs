@@ -17,6 +17,7 @@ use husk_api::vmm_exit;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::rpc::{VmmAction, VmmActionError, VmmData, VmmResponse};
+use crate::seccomp::ThreadKind;
 use crate::vm::{start_vm, RunningVm, VirtioDeviceHandle, VmOptions, MAX_VIRTIO_DEVICES};
 use crate::vm_exit::{ExitSignal, VmExit};
 
@@ -328,6 +329,16 @@ impl Vmm {
                 tracing::info!("InstanceStart: VM built in {} us", instance_start.elapsed().as_micros());
                 self.vm = Some(vm);
                 self.state = InstanceState::Running;
+                // This is the event loop's thread (API requests and a config
+                // file's boot are handled on it), and the guest cannot make it
+                // do anything before this request returns: from here on it
+                // needs only what running devices do.
+                if let Err(err) = self.options.seccomp.apply(ThreadKind::EventLoop) {
+                    // The vCPUs run: the VM cannot go on unconfined.
+                    tracing::error!("{err}");
+                    self.exit_code = Some(vmm_exit::VMM_ERROR);
+                    return Err(refuse(format!("Failed to start the microVM: {err}")));
+                }
                 Ok(VmmData::Empty)
             }
             VmmAction::SendCtrlAltDel => {
@@ -371,9 +382,12 @@ impl Vmm {
             crate::metrics::register_device(format!("net_{}", config.iface_id), net.metrics());
             devices.push(VirtioDeviceHandle::new(net));
         }
+        // Every share's descriptors, exhausted together, fit in RLIMIT_NOFILE.
+        let limits = crate::devices::virtio::fs::share_limits(self.fs.len());
         for config in &self.fs {
             // FsError names the share itself.
-            let fs = Fs::new(config).map_err(|e| refuse(format!("Cannot create the file system: {e}")))?;
+            let fs =
+                Fs::with_limits(config, limits).map_err(|e| refuse(format!("Cannot create the file system: {e}")))?;
             crate::metrics::register_device(format!("fs_{}", config.fs_id), fs.metrics());
             devices.push(VirtioDeviceHandle::new(fs));
         }
@@ -436,8 +450,21 @@ impl Vmm {
     }
 }
 
+/// The kernel or initrd must be a regular file the VMM can read. Opened
+/// without blocking: a plain open of a FIFO waits for a writer, and would
+/// stall the VMM's event loop (and with it the whole API) on one request.
 fn check_readable(what: &str, path: &str) -> Result<(), VmmActionError> {
-    std::fs::File::open(path).map(|_| ()).map_err(|e| refuse(format!("The {what} file cannot be opened: {path}: {e}")))
+    use std::os::unix::fs::OpenOptionsExt;
+    let cannot = |e: std::io::Error| refuse(format!("The {what} file cannot be opened: {path}: {e}"));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(cannot)?;
+    if !file.metadata().map_err(cannot)?.is_file() {
+        return Err(refuse(format!("The {what} file {path} is not a regular file.")));
+    }
+    Ok(())
 }
 
 /// The share must be a directory now; were it missing, the device would
