@@ -7,8 +7,12 @@
 //! <root>/<id>/exit.json    the init's exit, written by its monitor
 //! <root>/<id>/vmm.sock     husk-vmm's API socket
 //! <root>/<id>/vsock.sock   the hybrid vsock socket the agent is reached on
+//!                          (a symlink to jail/vsock.sock when jailed)
 //! <root>/<id>/vmm.log      husk-vmm's log; console.log the guest console
 //! <root>/<id>/volumes/N    bind mounts of the spec's volume sources
+//! <root>/<id>/jail/        husk-vmm's root (see monitor.rs): mount points
+//!                          only, on the host; the mounts are in the VMM's
+//!                          own namespace and go with it
 //! ```
 //!
 //! The status is derived, not stored: a recorded exit or a monitor that is

@@ -12,8 +12,10 @@
 //! The VMM is the monitor's child with a parent-death signal: a monitor
 //! killed with SIGKILL takes its VM with it.
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -23,7 +25,7 @@ use std::time::{Duration, Instant};
 use husk_api::agent_protocol::{
     CreateContainer, ExecProcess, ExitStatus, RootfsShare, StdioConfig, StdioStream, VolumeShare,
 };
-use husk_api::devices::{FsCachePolicy, FsConfig, VsockConfig};
+use husk_api::devices::VsockConfig;
 use husk_api::vmm::BootSourceConfig;
 use oci_spec::runtime::Spec;
 use serde::{Deserialize, Serialize};
@@ -77,6 +79,134 @@ pub enum LaunchError {
     Agent { source: ClientError, log: String },
     #[error("{what}: {source}")]
     Io { what: &'static str, source: io::Error },
+    #[error("annotation {JAIL_ANNOTATION}={0:?}: must be \"true\" or \"false\"")]
+    JailAnnotation(String),
+    #[error("preparing the VMM's jail at {path}: {source}")]
+    Jail { path: PathBuf, source: io::Error },
+}
+
+/// The annotation that runs the VMM without its jail: `husk.jail=false`
+/// (for debugging; the default is `true`).
+pub const JAIL_ANNOTATION: &str = "husk.jail";
+
+/// Open descriptors virtio-fs may hold per share: FsLimits' defaults in
+/// husk-vmm (vmm/src/devices/virtio/fs/share.rs), 2^18 inodes and 2^14
+/// handles. With [`VMM_BASE_FILES`] the VMM's RLIMIT_NOFILE is above
+/// husk-vmm's `fs::fd_budget(shares)`, so every share gets those defaults
+/// (with less, husk-vmm shrinks them).
+const FS_FILES_PER_SHARE: u64 = (1 << 18) + (1 << 14);
+/// Descriptors the VMM needs besides its shares' inodes and handles: KVM,
+/// vCPUs, eventfds, sockets, vsock connections, each share's own few.
+const VMM_BASE_FILES: u64 = 4096;
+
+/// Where the VM's files are as husk-vmm sees them: inside its jail, or the
+/// host's paths when it runs unjailed.
+struct VmPaths {
+    kernel: PathBuf,
+    initramfs: PathBuf,
+    rootfs: PathBuf,
+    volumes: Option<PathBuf>,
+    vsock: PathBuf,
+    console: PathBuf,
+}
+
+fn jail_wanted(spec: &Spec) -> Result<bool, LaunchError> {
+    match spec.annotations().as_ref().and_then(|a| a.get(JAIL_ANNOTATION)).map(String::as_str) {
+        None | Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        Some(other) => Err(LaunchError::JailAnnotation(other.to_owned())),
+    }
+}
+
+/// The VMM's RLIMIT_NOFILE: what its shares may hold open, within the
+/// kernel's per-process ceiling (fs.nr_open).
+fn vmm_open_files(shares: u64) -> u64 {
+    let wanted = VMM_BASE_FILES + shares * FS_FILES_PER_SHARE;
+    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|t| t.trim().parse().ok());
+    ceiling.map_or(wanted, |ceiling: u64| wanted.min(ceiling))
+}
+
+/// `HOST:JAIL[:ro]`, as husk-vmm's --jail-bind takes it.
+fn bind_arg(host: &Path, jail: &str, read_only: bool) -> OsString {
+    let mut arg = host.as_os_str().to_owned();
+    arg.push(format!(":{jail}{}", if read_only { ":ro" } else { "" }));
+    arg
+}
+
+/// The spec's RLIMIT_FSIZE as `fsize=SOFT:HARD`, if it sets one.
+fn fsize_limit(spec: &Spec) -> Option<String> {
+    let limits = spec.process().as_ref()?.rlimits().as_ref()?;
+    let fsize = limits.iter().find(|l| l.typ() == oci_spec::runtime::PosixRlimitType::RlimitFsize)?;
+    Some(format!("fsize={}:{}", fsize.soft(), fsize.hard()))
+}
+
+/// Prepares the VMM's jail under the container's directory; returns
+/// husk-vmm's jail arguments and its view of the VM's files.
+///
+/// `<dir>/jail/` becomes the VMM's root: it holds the kernel and initramfs
+/// (read-only), the rootfs share at `/rootfs`, the volumes share at
+/// `/volumes`, the console log bound from `<dir>/console.log`, and the
+/// vsock socket the VMM creates at `/vsock.sock`, which the runtime reaches
+/// through the symlink `<dir>/vsock.sock`. The API socket stays
+/// `<dir>/vmm.sock`: husk-vmm binds it before entering the jail. Every
+/// mount is in the VMM's own mount namespace and ends with it; what stays
+/// on the host are empty mount points, removed with the directory.
+///
+/// Resource limits: RLIMIT_CORE 0 (no dump of guest memory),
+/// RLIMIT_NOFILE sized for virtio-fs's descriptor limits, and the spec's
+/// RLIMIT_FSIZE if it has one, which bounds every file the guest writes
+/// through virtio-fs (limits inside the guest are the guest root's to
+/// raise). The spec's other limits are the container's, applied in the
+/// guest: NPROC counts all of the host uid's processes, AS and MEMLOCK
+/// would have to fit guest memory, and none would bound the container.
+fn prepare_jail(
+    dir: &ContainerDir,
+    assets: &Assets,
+    spec: &Spec,
+    rootfs: &Path,
+    volumes: Option<&Path>,
+) -> Result<(Vec<OsString>, VmPaths), LaunchError> {
+    let jail = dir.file("jail");
+    let error = |path: &Path| {
+        let path = path.to_owned();
+        move |source| LaunchError::Jail { path, source }
+    };
+    std::fs::create_dir(&jail).map_err(error(&jail))?;
+    // Whatever the umask: husk-vmm refuses a root others may write.
+    std::fs::set_permissions(&jail, std::fs::Permissions::from_mode(0o755)).map_err(error(&jail))?;
+    let console = dir.file("console.log");
+    std::fs::OpenOptions::new().create(true).append(true).open(&console).map_err(error(&console))?;
+    let vsock_link = dir.file("vsock.sock");
+    std::os::unix::fs::symlink("jail/vsock.sock", &vsock_link).map_err(error(&vsock_link))?;
+
+    let mut args: Vec<OsString> = vec!["--jail".into(), jail.into_os_string()];
+    let mut bind = |host: &Path, jail: &str, read_only: bool| {
+        args.push("--jail-bind".into());
+        args.push(bind_arg(host, jail, read_only));
+    };
+    bind(&assets.kernel, "/vmlinux", true);
+    bind(&assets.initramfs, "/initramfs.cpio", true);
+    bind(rootfs, "/rootfs", false);
+    if let Some(volumes) = volumes {
+        bind(volumes, "/volumes", false);
+    }
+    bind(&console, "/console.log", false);
+    let shares = 1 + u64::from(volumes.is_some());
+    let limits =
+        ["core=0".to_owned(), format!("nofile={}", vmm_open_files(shares))].into_iter().chain(fsize_limit(spec));
+    for limit in limits {
+        args.push("--jail-rlimit".into());
+        args.push(limit.into());
+    }
+    let paths = VmPaths {
+        kernel: "/vmlinux".into(),
+        initramfs: "/initramfs.cpio".into(),
+        rootfs: "/rootfs".into(),
+        volumes: volumes.map(|_| "/volumes".into()),
+        vsock: "/vsock.sock".into(),
+        console: "/console.log".into(),
+    };
+    Ok((args, paths))
 }
 
 /// What `create` asks of the monitor.
@@ -262,6 +392,21 @@ fn launch(
     };
     let netns_handle = netns.as_deref().map(network::NetnsHandle::open).transpose()?;
 
+    let volumes_dir = prepared.volumes.as_ref().map(|v| PathBuf::from(&v.host_path));
+    let (jail_args, vm_paths) = if jail_wanted(spec)? {
+        prepare_jail(&dir, &assets, spec, &rootfs, volumes_dir.as_deref())?
+    } else {
+        let paths = VmPaths {
+            kernel: assets.kernel.clone(),
+            initramfs: assets.initramfs.clone(),
+            rootfs: rootfs.clone(),
+            volumes: volumes_dir.clone(),
+            vsock: dir.file("vsock.sock"),
+            console: dir.file("console.log"),
+        };
+        (Vec::new(), paths)
+    };
+
     // The VMM: its own session is not needed (it is our child, and dies
     // with us by PR_SET_PDEATHSIG); it runs in the container's netns so
     // that it opens the TAP made there.
@@ -276,7 +421,8 @@ fn launch(
         .arg(&api_sock)
         .args(["--id", &request.id, "--level", if request.debug { "Debug" } else { "Warning" }])
         .arg("--serial-out")
-        .arg(dir.file("console.log"))
+        .arg(&vm_paths.console)
+        .args(&jail_args)
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(|source| LaunchError::Io { what: "vmm.log", source })?)
         .stderr(log);
@@ -315,26 +461,29 @@ fn launch(
     };
     let debug = if request.debug { " husk.debug=1" } else { "" };
     api.put_boot_source(&BootSourceConfig {
-        kernel_image_path: assets.kernel.display().to_string(),
-        initrd_path: Some(assets.initramfs.display().to_string()),
+        kernel_image_path: vm_paths.kernel.display().to_string(),
+        initrd_path: Some(vm_paths.initramfs.display().to_string()),
         boot_args: Some(format!("{BOOT_ARGS}{debug}")),
     })
     .map_err(vmm_error)?;
     api.put_machine_config(&size.machine_config()).map_err(vmm_error)?;
+    let uds_path = vm_paths.vsock.display().to_string();
+    api.put_vsock(&VsockConfig { vsock_id: None, guest_cid: GUEST_CID, uds_path }).map_err(vmm_error)?;
+    // The runtime's way to that socket: the socket itself, or the symlink
+    // into the jail.
     let vsock_path = dir.file("vsock.sock");
-    api.put_vsock(&VsockConfig { vsock_id: None, guest_cid: GUEST_CID, uds_path: vsock_path.display().to_string() })
-        .map_err(vmm_error)?;
-    let fs = |fs_id: &str, dir: &Path, read_only: bool| FsConfig {
-        fs_id: fs_id.into(),
-        tag: fs_id.into(),
-        shared_dir: dir.display().to_string(),
-        read_only,
-        cache: FsCachePolicy::default(),
-        dax_window_mib: None,
-    };
-    api.put_fs(&fs(shares::ROOTFS_TAG, &rootfs, read_only_root)).map_err(vmm_error)?;
-    if let Some(volumes) = &prepared.volumes {
-        api.put_fs(&fs(shares::VOLUMES_TAG, Path::new(&volumes.host_path), false)).map_err(vmm_error)?;
+    // Volumes squash the guest's root; the rootfs only when it is not an
+    // engine-managed (root-owned) one (see the shares module).
+    let rootfs_share = shares::fs_config(
+        shares::ROOTFS_TAG,
+        &vm_paths.rootfs,
+        read_only_root,
+        shares::rootfs_allows_host_root(&rootfs)?,
+    );
+    api.put_fs(&rootfs_share).map_err(vmm_error)?;
+    if let Some(volumes) = &vm_paths.volumes {
+        let volumes_share = shares::fs_config(shares::VOLUMES_TAG, volumes, false, false);
+        api.put_fs(&volumes_share).map_err(vmm_error)?;
     }
     if let Some(net) = &guest_network {
         api.put_network_interface(&net.vmm_interface("eth0")).map_err(vmm_error)?;
@@ -646,6 +795,36 @@ mod tests {
         without_swap_limit(&mut spec);
         let memory = spec.linux().as_ref().unwrap().resources().as_ref().unwrap().memory().unwrap();
         assert_eq!((memory.limit(), memory.swap()), (Some(134217728), None));
+    }
+
+    #[test]
+    fn the_jail_is_on_unless_the_annotation_says_false() {
+        let with = |value: Option<&str>| {
+            let mut spec = Spec::default();
+            spec.set_annotations(value.map(|v| [(JAIL_ANNOTATION.to_owned(), v.to_owned())].into()));
+            jail_wanted(&spec)
+        };
+        assert!(with(None).unwrap());
+        assert!(with(Some("true")).unwrap());
+        assert!(!with(Some("false")).unwrap());
+        let err = with(Some("no")).unwrap_err().to_string();
+        assert_eq!(err, r#"annotation husk.jail="no": must be "true" or "false""#);
+    }
+
+    #[test]
+    fn jail_arguments_carry_binds_and_the_spec_fsize() {
+        assert_eq!(bind_arg(Path::new("/a:b/k"), "/vmlinux", true), "/a:b/k:/vmlinux:ro");
+        assert_eq!(bind_arg(Path::new("/r"), "/rootfs", false), "/r:/rootfs");
+        let spec: Spec = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": { "cwd": "/", "user": { "uid": 0, "gid": 0 }, "rlimits": [
+                { "type": "RLIMIT_NOFILE", "soft": 1024, "hard": 1024 },
+                { "type": "RLIMIT_FSIZE", "soft": 1048576, "hard": 2097152 },
+            ] },
+        }))
+        .unwrap();
+        assert_eq!(fsize_limit(&spec).as_deref(), Some("fsize=1048576:2097152"));
+        assert_eq!(fsize_limit(&Spec::default()), None);
     }
 
     #[test]

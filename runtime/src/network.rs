@@ -205,6 +205,10 @@ impl GuestNetwork {
     }
 }
 
+/// The uid husk-vmm runs as (the runtime's jail keeps root, with its
+/// capabilities cut: see monitor.rs), and so the TAP's owner.
+pub const TAP_OWNER_UID: u32 = 0;
+
 /// Inside the network namespace at `netns`: finds the container's
 /// interface, reads its MAC, MTU, addresses and routes, creates the
 /// persistent TAP `tap_name` (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, single
@@ -265,7 +269,10 @@ pub fn prepare(netns: &Path, tap_name: &str) -> Result<GuestNetwork, NetworkErro
         ipv6_addresses,
         ipv6_routes,
     };
-    run_tool(&ns, "ip", &["tuntap", "add", "dev", tap_name, "mode", "tap", "vnet_hdr"])?;
+    // Owned by the VMM's uid: a TAP's owner attaches to it without
+    // CAP_NET_ADMIN, which the jailed VMM no longer has.
+    let owner = TAP_OWNER_UID.to_string();
+    run_tool(&ns, "ip", &["tuntap", "add", "dev", tap_name, "mode", "tap", "user", &owner, "vnet_hdr"])?;
     if let Err(setup) = connect(&ns, &network) {
         return match remove(&ns, tap_name) {
             Ok(()) => Err(setup),

@@ -2,7 +2,8 @@
 //!
 //! Exit statuses are husk_api::vmm_exit's: 0 when the guest ended itself, 1
 //! for a VMM error, 2 for a bad command line, 3 for a KVM failure, 100+s when
-//! the guest agent powered off with status s.
+//! the guest agent powered off with status s, 4 when a thread broke its
+//! seccomp filter.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,6 +16,8 @@ use husk_api::vmm::{FullVmConfig, LogLevel};
 use husk_api::vmm_exit;
 use husk_vmm::api_server::ApiServer;
 use husk_vmm::devices::serial::SerialOut;
+use husk_vmm::jail::{Bind, JailConfig, Rlimit};
+use husk_vmm::seccomp::SeccompFilters;
 use husk_vmm::vm::VmOptions;
 use husk_vmm::vmm::{ApiChannel, Vmm};
 use vmm_sys_util::eventfd::EventFd;
@@ -52,6 +55,41 @@ struct Args {
     /// Do not ask for transparent huge pages on guest memory.
     #[arg(long)]
     no_thp: bool,
+    /// Run without the seccomp filters (for debugging only: a compromised
+    /// VMM thread could then make any system call).
+    #[arg(long)]
+    no_seccomp: bool,
+    /// Run jailed with this directory as the root (husk_vmm::jail): it must
+    /// exist, belong to root and be writable by root only. Paths the VM's
+    /// configuration names (API or --config-file) and --serial-out are then
+    /// paths in the jail; --api-sock, --log-path and the --config-file
+    /// itself are host paths, opened before the jail is entered.
+    #[arg(long, value_name = "DIR")]
+    jail: Option<PathBuf>,
+    /// A host file or directory to bind into the jail (repeatable).
+    #[arg(long, value_name = "HOST_PATH:JAIL_PATH[:ro]", requires = "jail")]
+    jail_bind: Vec<Bind>,
+    /// Switch to this uid once jailed (needs --jail-gid).
+    #[arg(long, requires_all = ["jail", "jail_gid"])]
+    jail_uid: Option<u32>,
+    /// Switch to this gid once jailed (needs --jail-uid).
+    #[arg(long, requires_all = ["jail", "jail_uid"])]
+    jail_gid: Option<u32>,
+    /// A resource limit for the jailed VMM (repeatable), e.g. fsize=1048576
+    /// or nofile=4096:8192; "unlimited" for no limit.
+    #[arg(long, value_name = "NAME=SOFT[:HARD]", requires = "jail")]
+    jail_rlimit: Vec<Rlimit>,
+}
+
+impl Args {
+    fn jail_config(&self) -> Option<JailConfig> {
+        Some(JailConfig {
+            root: self.jail.clone()?,
+            binds: self.jail_bind.clone(),
+            ids: self.jail_uid.zip(self.jail_gid),
+            rlimits: self.jail_rlimit.clone(),
+        })
+    }
 }
 
 /// virtio-fs holds an O_PATH descriptor per guest-held inode and one per
@@ -90,27 +128,51 @@ fn main() -> ExitCode {
 fn run(args: Args) -> Result<u8> {
     husk_vmm::logger::init(&args.id, args.log_path.as_deref(), args.level).context("setting up the log")?;
     raise_open_file_limit();
+    let jail = args.jail_config();
+    let seccomp = if args.no_seccomp {
+        tracing::warn!("--no-seccomp: the VMM's threads run without seccomp filters (for debugging only)");
+        SeccompFilters::disabled()
+    } else {
+        SeccompFilters::new().context("preparing the seccomp filters")?
+    };
+    let seccomp = Arc::new(seccomp);
     let options = VmOptions {
         boot_timer: args.boot_timer,
         serial_out: args.serial_out,
         memfd: args.memfd,
         transparent_huge_pages: !args.no_thp,
+        seccomp: seccomp.clone(),
     };
 
-    let api = if args.no_api {
-        None
-    } else {
-        let server = ApiServer::bind(&args.api_sock).context("binding the API socket")?;
+    let server =
+        if args.no_api { None } else { Some(ApiServer::bind(&args.api_sock).context("binding the API socket")?) };
+    let config_text = match &args.config_file {
+        Some(path) => Some(std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?),
+        None => None,
+    };
+    // Before any thread starts: the mount namespace and capabilities are
+    // the calling thread's, and threads started later inherit them.
+    if let Some(jail) = &jail {
+        if let Err(err) = husk_vmm::jail::enter(jail) {
+            tracing::error!("jail: {err}");
+            eprintln!("husk-vmm: error: jail: {err}");
+            return Ok(if err.is_usage() { vmm_exit::USAGE } else { vmm_exit::VMM_ERROR });
+        }
+        tracing::info!("jailed in {}", jail.root.display());
+    }
+
+    let api = if let Some(server) = server {
         let (to_vmm, requests) = mpsc::channel();
         let (responses, from_vmm) = mpsc::channel();
         let wake = EventFd::new(libc::EFD_NONBLOCK).context("creating the API eventfd")?;
-        server.spawn(to_vmm, wake.try_clone().context("cloning the API eventfd")?, from_vmm)?;
+        server.spawn(to_vmm, wake.try_clone().context("cloning the API eventfd")?, from_vmm, seccomp)?;
         Some(ApiChannel { requests, responses, wake })
+    } else {
+        None
     };
 
     let vmm = Arc::new(Mutex::new(Vmm::new(args.id.clone(), options, api).context("creating the VMM")?));
-    if let Some(path) = &args.config_file {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    if let (Some(path), Some(text)) = (&args.config_file, config_text) {
         let config: FullVmConfig =
             serde_json::from_str(&text).with_context(|| format!("parsing the configuration {}", path.display()))?;
         if let Err(err) = vmm.lock().expect("vmm lock").boot_from_config(config) {
@@ -129,7 +191,8 @@ fn run(args: Args) -> Result<u8> {
         events.run().map_err(|e| anyhow::anyhow!("event loop: {e:?}"))?;
         if let Some(code) = vmm.lock().expect("vmm lock").exit_code() {
             husk_vmm::metrics::flush_if_configured();
-            if !args.no_api {
+            // A jailed VMM no longer sees the host path it bound.
+            if !args.no_api && jail.is_none() {
                 let _ = std::fs::remove_file(&args.api_sock);
             }
             // vCPU threads may still be inside KVM_RUN: ending the process

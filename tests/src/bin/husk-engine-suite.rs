@@ -464,6 +464,28 @@ fn processes_of(id: &str) -> Vec<Process> {
     all.into_iter().filter(|p| owned.contains(&p.pid)).collect()
 }
 
+/// husk runs its VMM jailed by default: the VMM's root is its jail, which
+/// holds the guest's kernel and the container's rootfs share but nothing
+/// of the host's root file system, and its mount namespace is its own.
+fn check_jailed(vmm: &Process) -> Result<()> {
+    let root = PathBuf::from(format!("/proc/{}/root", vmm.pid));
+    let names = dir_names(&root);
+    for expected in ["vmlinux", "initramfs.cpio", "rootfs", "dev", "vsock.sock"] {
+        ensure!(names.contains(expected), "husk-vmm {}'s root lacks its jail's {expected}: {names:?}", vmm.pid);
+    }
+    for host in ["etc", "usr", "bin", "home", "var", "run", "tmp", "sys"] {
+        ensure!(!names.contains(host), "husk-vmm {} sees the host's /{host}: its root holds {names:?}", vmm.pid);
+    }
+    let mount_ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt"));
+    ensure!(
+        mount_ns(&vmm.pid.to_string())? != mount_ns("self")?,
+        "husk-vmm {} shares the host's mount namespace",
+        vmm.pid
+    );
+    println!("ok: husk-vmm {} is jailed: its root holds only {names:?}", vmm.pid);
+    Ok(())
+}
+
 fn husk_vmm_count() -> usize {
     processes().iter().filter(|p| p.is_husk_vmm()).count()
 }
@@ -858,6 +880,9 @@ fn rm_leaves_nothing(podman: &Podman, runtime: Runtime, id: &str, before: &Footp
     let vmms: Vec<&Process> = running.iter().filter(|p| p.is_husk_vmm()).collect();
     if runtime.in_vm() {
         ensure!(!vmms.is_empty(), "no husk-vmm among container {id}'s processes: {running:#?}");
+        for vmm in &vmms {
+            check_jailed(vmm)?;
+        }
     }
     let record = runtime.default_root().join(id);
     ensure!(record.exists(), "{} does not exist while container {id} runs", record.display());
