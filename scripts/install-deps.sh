@@ -10,6 +10,9 @@
 #   engines   podman and containerd with their runtimes and networking, for
 #             tests/tests/engines.rs (they run inside the test host, which
 #             sees this machine's binaries), and umoci for their image
+#   apitest   schemathesis (from PyPI, in a virtualenv at
+#             ${HUSK_CACHE_DIR:-~/.cache/husk}/venv) for
+#             vmm/tests/openapi_schemathesis.rs
 set -euo pipefail
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }
@@ -20,6 +23,7 @@ fi
 
 declare -a want=()
 need_backports=0
+need_venv=0
 for group in "$@"; do
     case "$group" in
         kernel) want+=(linux-source-6.12 build-essential flex bison bc libelf-dev libssl-dev cpio kmod lz4 xz-utils) ;;
@@ -33,6 +37,8 @@ for group in "$@"; do
         # nft variant); aardvark-dns is its DNS. podman comes without a
         # network backend otherwise, and with only one of crun and runc.
         engines) want+=(podman conmon crun runc containerd netavark aardvark-dns iptables umoci iproute2) ;;
+        # Debian's python3 with venv; schemathesis itself comes from PyPI below.
+        apitest) want+=(python3 python3-venv); need_venv=1 ;;
         *) log "unknown group '$group'"; exit 2 ;;
     esac
 done
@@ -43,7 +49,23 @@ for pkg in $(printf '%s\n' "${want[@]}" | sort -u); do
         missing+=("$pkg")
     fi
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
+# The schemathesis virtualenv, pinned to the release the test's command line
+# is written for; nothing is fetched when that release is already there.
+install_venv() {
+    local venv="${HUSK_CACHE_DIR:-$HOME/.cache/husk}/venv" version=4.32.5
+    if "$venv/bin/schemathesis" --version 2>/dev/null | grep -qx "schemathesis, version $version"; then
+        return
+    fi
+    log "installing schemathesis $version into $venv"
+    mkdir -p "$(dirname "$venv")"
+    /usr/bin/python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$version"
+}
+
+if [ ${#missing[@]} -eq 0 ]; then
+    if [ "$need_venv" = 1 ]; then install_venv; fi
+    exit 0
+fi
 
 export DEBIAN_FRONTEND=noninteractive
 if [ "$need_backports" = 1 ] && ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
@@ -72,3 +94,4 @@ fi
 if [ ${#backports_pkgs[@]} -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends -t bookworm-backports qemu-system-x86 qemu-utils >/dev/null
 fi
+if [ "$need_venv" = 1 ]; then install_venv; fi

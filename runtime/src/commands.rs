@@ -303,13 +303,57 @@ fn monitor_start<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// The bundle's `config.json`, checked for what `create` needs before
+/// anything is made for the container: a spec husk can run, so that a bad
+/// bundle fails here, with a message naming the problem, rather than in the
+/// monitor after a VM was booted for it.
+fn load_bundle_spec(bundle: &Path) -> Result<Spec> {
+    let path = bundle.join("config.json");
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let spec: Spec =
+        serde_json::from_slice(&bytes).with_context(|| format!("{} is not an OCI runtime spec", path.display()))?;
+    check_spec(&spec).with_context(|| format!("{} cannot be run", path.display()))?;
+    Ok(spec)
+}
+
+/// The checks of [`load_bundle_spec`], runc's where runc has them.
+fn check_spec(spec: &Spec) -> Result<()> {
+    let version = spec.version();
+    ensure!(!version.is_empty(), "ociVersion is missing");
+    let major = version.split(['.', '-', '+']).next().unwrap_or_default();
+    ensure!(
+        !major.is_empty() && major.bytes().all(|b| b.is_ascii_digit()) && version.contains('.'),
+        "ociVersion {version:?} is not a SemVer version"
+    );
+    ensure!(major == "1", "ociVersion {version:?} is not supported: husk runs runtime-spec 1.x bundles");
+    let root = spec.root().as_ref().ok_or_else(|| anyhow!("root is missing"))?;
+    ensure!(!root.path().as_os_str().is_empty(), "root.path is empty");
+    // A relative root is the bundle's: one whose `..` climbs out of the
+    // bundle names some other directory of the host.
+    if root.path().is_relative() {
+        let mut depth = 0i32;
+        for component in root.path().components() {
+            match component {
+                std::path::Component::ParentDir => depth -= 1,
+                std::path::Component::Normal(_) => depth += 1,
+                _ => {}
+            }
+            ensure!(depth >= 0, "root.path {} leaves the bundle", root.path().display());
+        }
+    }
+    let process = spec.process().as_ref().ok_or_else(|| anyhow!("process is missing"))?;
+    ensure!(process.args().as_ref().is_some_and(|args| !args.is_empty()), "process.args must not be empty");
+    ensure!(process.cwd().is_absolute(), "process.cwd {} is not an absolute path", process.cwd().display());
+    Ok(())
+}
+
 fn create(cli: &Cli, args: &CreateArgs) -> Result<std::process::Child> {
+    let dir = container(cli, &args.id)?;
     let bundle = std::fs::canonicalize(&args.bundle)
         .with_context(|| format!("the bundle {} does not exist", args.bundle.display()))?;
-    let spec = Spec::load(bundle.join("config.json"))
-        .map_err(|err| anyhow!("reading {}: {err}", bundle.join("config.json").display()))?;
+    ensure!(bundle.is_dir(), "the bundle {} is not a directory", bundle.display());
+    let spec = load_bundle_spec(&bundle)?;
     shares::rootfs_path(&spec, &bundle)?;
-    let dir = container(cli, &args.id)?;
     let lock = dir.create()?;
     let undo = |dir: &ContainerDir| {
         let _ = dir.remove();
@@ -469,11 +513,16 @@ pub fn parse_signal(text: &str) -> Result<i32> {
         return Ok(number);
     }
     // SIGRTMIN+N / SIGRTMAX-N as runc accepts them (glibc: 34..64).
-    if let Some(offset) = name.strip_prefix("RTMIN+").and_then(|n| n.parse::<i32>().ok()) {
-        return Ok(34 + offset).and_then(|n| if n <= 64 { Ok(n) } else { bail!("invalid signal {text}") });
+    // The offset is unsigned: `RTMIN+-3` is not SIGRTMIN-3.
+    if let Some(offset) = name.strip_prefix("RTMIN+").and_then(|n| n.parse::<u8>().ok()) {
+        let number = 34 + i32::from(offset);
+        ensure!(number <= 64, "invalid signal {text}: past SIGRTMAX");
+        return Ok(number);
     }
-    if let Some(offset) = name.strip_prefix("RTMAX-").and_then(|n| n.parse::<i32>().ok()) {
-        return Ok(64 - offset).and_then(|n| if n >= 34 { Ok(n) } else { bail!("invalid signal {text}") });
+    if let Some(offset) = name.strip_prefix("RTMAX-").and_then(|n| n.parse::<u8>().ok()) {
+        let number = 64 - i32::from(offset);
+        ensure!(number >= 34, "invalid signal {text}: before SIGRTMIN");
+        return Ok(number);
     }
     bail!("unknown signal {text:?}")
 }
@@ -554,7 +603,20 @@ fn exec_process(args: &ExecArgs, record: &ContainerRecord) -> Result<Process> {
         return serde_json::from_slice(&text).with_context(|| format!("{} is not an OCI process", path.display()));
     }
     ensure!(!args.command.is_empty(), "exec needs a command or --process");
-    let spec = Spec::load(record.bundle.join("config.json")).map_err(|err| anyhow!("reading the bundle: {err}"))?;
+    // The options first: a bad one is the caller's mistake whatever the bundle holds.
+    let user = match &args.user {
+        Some(user) => {
+            let (uid, gid) = user.split_once(':').unwrap_or((user, "0"));
+            let uid: u32 = uid.parse().with_context(|| format!("invalid uid in --user {user:?}"))?;
+            let gid: u32 = gid.parse().with_context(|| format!("invalid gid in --user {user:?}"))?;
+            Some((uid, gid))
+        }
+        None => None,
+    };
+    let path = record.bundle.join("config.json");
+    let bytes = std::fs::read(&path).with_context(|| format!("reading the bundle's {}", path.display()))?;
+    let spec: Spec =
+        serde_json::from_slice(&bytes).with_context(|| format!("{} is not an OCI runtime spec", path.display()))?;
     let mut process = spec.process().clone().unwrap_or_default();
     process.set_args(Some(args.command.clone()));
     process.set_terminal(Some(args.tty));
@@ -566,11 +628,10 @@ fn exec_process(args: &ExecArgs, record: &ContainerRecord) -> Result<Process> {
         env.extend(args.env.iter().cloned());
         process.set_env(Some(env));
     }
-    if let Some(user) = &args.user {
-        let (uid, gid) = user.split_once(':').unwrap_or((user, "0"));
+    if let Some((uid, gid)) = user {
         let mut spec_user = process.user().clone();
-        spec_user.set_uid(uid.parse().with_context(|| format!("invalid uid in {user:?}"))?);
-        spec_user.set_gid(gid.parse().with_context(|| format!("invalid gid in {user:?}"))?);
+        spec_user.set_uid(uid);
+        spec_user.set_gid(gid);
         if !args.additional_gids.is_empty() {
             spec_user.set_additional_gids(Some(args.additional_gids.clone()));
         }
@@ -842,8 +903,10 @@ mod tests {
         assert_eq!(parse_signal("SIGTERM").unwrap(), 15);
         assert_eq!(parse_signal("sigusr1").unwrap(), libc::SIGUSR1);
         assert_eq!(parse_signal("RTMIN+2").unwrap(), 36);
-        assert!(parse_signal("0").is_err());
-        assert!(parse_signal("NOPE").is_err());
+        assert_eq!(parse_signal("SIGRTMAX-0").unwrap(), 64);
+        for bad in ["0", "-9", "65", "NOPE", "", "SIG", "RTMIN+31", "RTMIN+-3", "RTMAX--1", "RTMAX-31", "9x"] {
+            assert!(parse_signal(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -8,8 +8,8 @@
 use std::collections::BTreeSet;
 
 use husk_api::devices::{
-    FsCachePolicy, FsConfig, NetworkInterfaceConfig, RateLimiterConfig, TokenBucket, VsockConfig, FS_TAG_MAX, IFNAMSIZ,
-    MAX_ID_LEN, MIN_GUEST_CID, UNIX_PATH_MAX,
+    validate_host_dev_name, validate_id, FsCachePolicy, FsConfig, NetworkInterfaceConfig, RateLimiterConfig,
+    TokenBucket, VsockConfig, FS_TAG_MAX, IFNAMSIZ, MAX_ID_LEN, MIN_GUEST_CID, UNIX_PATH_MAX,
 };
 use husk_api::vmm::{
     ActionType, ApiError, BootSourceConfig, CpuTemplate, FullVmConfig, HugePages, InstanceActionInfo, InstanceInfo,
@@ -227,7 +227,27 @@ fn check_definition<T: Serialize + DeserializeOwned>(spec: &Yaml, name: &str, sa
         without.as_object_mut().unwrap().remove(property);
         let parses = serde_json::from_value::<T>(without).is_ok();
         assert_eq!(parses, !required.contains(property), "{name}.{property}: required is documented wrongly");
+
+        // null reads as absent exactly where the spec says the property is
+        // nullable (an Option; Firecracker's config files write nulls).
+        let mut null = sample.clone();
+        null[property.as_str()] = Json::Null;
+        let nullable = definition["properties"][property.as_str()].get("x-nullable").and_then(Yaml::as_bool);
+        let parses = serde_json::from_value::<T>(null).is_ok();
+        assert_eq!(parses, nullable == Some(true), "{name}.{property}: x-nullable is documented wrongly");
+        if let Some(values) = definition["properties"][property.as_str()]["enum"].as_sequence() {
+            assert_eq!(values.contains(&Yaml::Null), parses, "{name}.{property}: null in the enum");
+        }
     }
+    // An unknown field is refused exactly where the spec says so.
+    let mut extra = sample.clone();
+    extra.as_object_mut().unwrap().insert("no_such_field".into(), json!(1));
+    let closed = definition.get("additionalProperties").and_then(Yaml::as_bool) == Some(false);
+    assert_eq!(
+        serde_json::from_value::<T>(extra).is_err(),
+        closed,
+        "{name}: additionalProperties is documented wrongly"
+    );
 }
 
 #[test]
@@ -269,7 +289,7 @@ fn definitions_describe_the_rust_types() {
     });
     check_definition::<NetworkInterfaceConfig>(&spec, "NetworkInterface", net.clone());
     let fs = json!({"fs_id": "root", "tag": "rootfs", "shared_dir": "/srv", "read_only": true, "cache": "never",
-        "dax_window_mib": 256});
+        "dax_window_mib": 256, "allow_host_root": true, "root_uid": 1000, "root_gid": 1000});
     check_definition::<FsConfig>(&spec, "FileSystem", fs.clone());
     // Each reference to a device definition is where the Rust type has it.
     let properties = &definition(&spec, "NetworkInterface")["properties"];
@@ -312,8 +332,14 @@ fn check_enum<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(
     schema: &Yaml,
     variants: &[T],
 ) {
-    let documented: BTreeSet<String> =
-        schema["enum"].as_sequence().unwrap_or_else(|| panic!("{what}: no enum")).iter().map(key_str).collect();
+    // A null in the enum is a nullable property's (checked by check_definition).
+    let documented: BTreeSet<String> = schema["enum"]
+        .as_sequence()
+        .unwrap_or_else(|| panic!("{what}: no enum"))
+        .iter()
+        .filter(|value| !value.is_null())
+        .map(key_str)
+        .collect();
     let serialized: BTreeSet<String> =
         variants.iter().map(|v| serde_json::to_value(v).unwrap().as_str().unwrap().to_string()).collect();
     assert_eq!(documented, serialized, "{what}");
@@ -360,6 +386,48 @@ fn enums_are_spelt_as_the_rust_types_spell_them() {
     assert_eq!(default.as_str(), serde_json::to_value(FsCachePolicy::default()).unwrap().as_str());
 }
 
+/// The ids the API takes (`validate_id`), as the spec writes them.
+const ID_PATTERN: &str = "^[A-Za-z0-9_]+$";
+
+/// The characters of a regex character class body written with literal
+/// characters, `\xHH`, `\uHHHH`, `\t`, `\n`, `\r` escapes and ranges, sorted.
+fn expand_class(class: &str) -> Vec<char> {
+    fn hex(chars: &mut std::str::Chars<'_>, digits: usize) -> char {
+        let code: String = chars.take(digits).collect();
+        char::from_u32(u32::from_str_radix(&code, 16).unwrap()).unwrap()
+    }
+    let (mut atoms, mut range_ends) = (Vec::new(), Vec::new());
+    let mut chars = class.chars();
+    while let Some(c) = chars.next() {
+        let atom = match c {
+            '-' if !atoms.is_empty() => {
+                range_ends.push(atoms.len());
+                continue;
+            }
+            '\\' => match chars.next().unwrap() {
+                'x' => hex(&mut chars, 2),
+                'u' => hex(&mut chars, 4),
+                't' => '\t',
+                'n' => '\n',
+                'r' => '\r',
+                other => panic!("unexpected escape \\{other}"),
+            },
+            c => c,
+        };
+        atoms.push(atom);
+    }
+    let mut expanded = Vec::new();
+    for (i, &atom) in atoms.iter().enumerate() {
+        if range_ends.contains(&i) {
+            expanded.extend((atoms[i - 1] as u32 + 1..=atom as u32).filter_map(char::from_u32));
+        } else {
+            expanded.push(atom);
+        }
+    }
+    expanded.sort_unstable();
+    expanded
+}
+
 #[test]
 fn documented_limits_are_the_validated_limits() {
     let spec = spec();
@@ -381,9 +449,27 @@ fn documented_limits_are_the_validated_limits() {
         let parameters = spec["paths"][path]["put"]["parameters"].as_sequence().unwrap();
         let parameter = parameters.iter().find(|p| p["name"].as_str() == Some(name)).unwrap();
         assert_eq!(length(parameter), id_length, "{path}: {name}");
+        assert_eq!(parameter["pattern"].as_str(), Some(ID_PATTERN), "{path}: {name}");
     }
     assert_eq!(length(&definition(&spec, "NetworkInterface")["properties"]["iface_id"]), id_length);
     assert_eq!(length(&definition(&spec, "FileSystem")["properties"]["fs_id"]), id_length);
+    for (name, id) in [("NetworkInterface", "iface_id"), ("FileSystem", "fs_id")] {
+        assert_eq!(definition(&spec, name)["properties"][id]["pattern"].as_str(), Some(ID_PATTERN), "{name}.{id}");
+    }
+    // The pattern's class is the characters validate_id takes: every
+    // character of the first planes but those is refused.
+    for c in (0u32..0x3000).filter_map(char::from_u32) {
+        let in_class = c.is_ascii_alphanumeric() || c == '_';
+        assert_eq!(validate_id(&c.to_string()).is_ok(), in_class, "{c:?}");
+    }
+    // host_dev_name's pattern names the characters validate_host_dev_name refuses.
+    let pattern = definition(&spec, "NetworkInterface")["properties"]["host_dev_name"]["pattern"].as_str().unwrap();
+    let refused: Vec<char> = (0u32..0x3001)
+        .filter_map(char::from_u32)
+        .filter(|c| validate_host_dev_name(&format!("a{c}")).is_err())
+        .collect();
+    let listed = pattern.strip_prefix("^[^").and_then(|p| p.strip_suffix("]+$")).expect("a negated class");
+    assert_eq!(refused, expand_class(listed), "host_dev_name's pattern");
     assert_eq!(
         length(&definition(&spec, "NetworkInterface")["properties"]["host_dev_name"]),
         (Some(1), Some(IFNAMSIZ as u64 - 1))
