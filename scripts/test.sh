@@ -14,3 +14,5 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 trap 'target/debug/husk-testhost down >&2 || true' EXIT
 target/debug/husk-testhost up
 cargo test --locked --workspace
+# Hostile-guest fuzzing, a short run of every target (scripts/fuzz.sh).
+scripts/fuzz.sh

@@ -277,6 +277,24 @@ impl Net {
     }
 
     fn with_clock(config: &NetworkInterfaceConfig, clock: Clock) -> Result<Net, NetError> {
+        Self::with_tap(config, || Tap::open(&config.host_dev_name, VNET_HDR_LEN), clock)
+    }
+
+    /// A device on a stand-in for the TAP: any file that keeps frame
+    /// boundaries (one end of a `SOCK_SEQPACKET` socket pair), so the fuzz
+    /// targets run the queue code without a TAP device or privileges.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn with_backend(config: &NetworkInterfaceConfig, backend: std::fs::File) -> Result<Net, NetError> {
+        Self::with_tap(config, || Ok(Tap::from_file(backend, &config.host_dev_name)), Clock::monotonic())
+    }
+
+    /// The TAP is opened (`open_tap`) once the rest of the configuration
+    /// is known to be good.
+    fn with_tap(
+        config: &NetworkInterfaceConfig,
+        open_tap: impl FnOnce() -> Result<Tap, TapError>,
+        clock: Clock,
+    ) -> Result<Net, NetError> {
         let iface_id = config.iface_id.clone();
         let setup = |what: &'static str| {
             let iface_id = iface_id.clone();
@@ -288,8 +306,7 @@ impl Net {
             }
             None => MacAddr::random().map_err(setup("generating a MAC address"))?,
         };
-        let tap = Tap::open(&config.host_dev_name, VNET_HDR_LEN)
-            .map_err(|source| NetError::Tap { iface_id: iface_id.clone(), source })?;
+        let tap = open_tap().map_err(|source| NetError::Tap { iface_id: iface_id.clone(), source })?;
         let now = clock.now_ns();
         let limiter = |config: Option<&RateLimiterConfig>| {
             config

@@ -117,6 +117,14 @@ impl Tap {
         Ok(tap)
     }
 
+    /// A stand-in over `file`, which must keep frame boundaries (see
+    /// `Net::with_backend`); its offload ioctls fail, which the device
+    /// logs and carries on without.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn from_file(file: File, name: &str) -> Tap {
+        Tap { file, name: name.to_string() }
+    }
+
     fn set_iff(&self, flags: libc::c_int) -> io::Result<()> {
         let mut request = ifreq_with_flags(&self.name, flags);
         // SAFETY: TUNSETIFF reads and writes one ifreq through the pointer,
