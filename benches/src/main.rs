@@ -7,10 +7,13 @@
 //!                                  microVM, beside veth and the host's own file system
 //!   husk-bench containers [--runs N]  OCI containers in a microVM: create → first
 //!                                  instruction, exec round trip, stdout throughput
+//!   husk-bench engines [--rounds N]  podman run and `<runtime> run` with husk, crun, runc
+//!   husk-bench hardening [--runs N]  start-up cost of seccomp and the jail, on and off
 
 mod containers;
 mod devices;
 mod engines;
+mod hardening;
 mod stats;
 mod vmm;
 
@@ -62,6 +65,16 @@ enum Cmd {
     Engines {
         #[arg(long, default_value_t = 10)]
         rounds: usize,
+    },
+    /// husk-vmm start-up with seccomp and the jail on and off: API start-up
+    /// here, InstanceStart → agent ready in the test host.
+    Hardening {
+        /// Boots per mode in the test host.
+        #[arg(long, default_value_t = 8)]
+        runs: usize,
+        /// Local API start-ups per mode.
+        #[arg(long, default_value_t = 30)]
+        socket_runs: usize,
     },
 }
 
@@ -120,5 +133,6 @@ fn main() -> Result<()> {
         Cmd::Devices { runs } => devices::run(&out, runs),
         Cmd::Containers { runs } => containers::run(&out, runs),
         Cmd::Engines { rounds } => engines::run(&out, rounds),
+        Cmd::Hardening { runs, socket_runs } => hardening::run(&out, runs, socket_runs),
     }
 }

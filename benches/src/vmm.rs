@@ -25,13 +25,13 @@ use husk_tests::testhost::{RunOutput, TestHost};
 
 use crate::stats::{markdown_table, Series};
 
-const BOOT_ARGS: &str =
+pub const BOOT_ARGS: &str =
     "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd quiet nowatchdog nosoftlockup";
 const TIMEOUT_SECS: u64 = 300;
 
 /// CPU time a process and all its threads have used, from schedstat (ns
 /// resolution, unlike the clock ticks of /proc/PID/stat).
-fn cpu_time(pid: u32) -> Duration {
+pub fn cpu_time(pid: u32) -> Duration {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Duration::ZERO };
     let ns: u64 = tasks
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
@@ -72,10 +72,11 @@ fn api_socket_startup(vmm: &Path, runs: usize) -> Result<(Series, Series)> {
     Ok((wall, cpu))
 }
 
-fn number_after(text: &str, marker: &str) -> Option<f64> {
+/// The number (digits and a decimal point) after `marker` in `text`.
+pub fn number_after(text: &str, marker: &str) -> Option<f64> {
     let start = text.find(marker)? + marker.len();
-    let digits: String = text[start..].trim_start().chars().take_while(|c| c.is_ascii_digit()).collect();
-    digits.parse().ok()
+    let number: String = text[start..].trim_start().chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+    number.parse().ok()
 }
 
 fn husk_boot(host: &TestHost, vmm: &Path, after_ready: &str, agent: &str) -> Result<RunOutput> {

@@ -8,6 +8,9 @@
 # (send SendCtrlAltDel once the agent's ready line is on the console) or
 # "rss" (as ctrl-alt-del, after printing the VMM's resident memory with the
 # guest idle: `rss_kib=<whole process> guest_rss_kib=<guest memory mapping>`).
+# HARDENING (default "default"): "default" = seccomp, no jail; "no-seccomp";
+# "jail" = seccomp and the built-in jail (kernel and initrd bound in);
+# "none" = neither. The last line printed is `vmm_cpu_ms=<user+sys>`.
 set -eu
 work=$(mktemp -d)
 sock=$work/api.sock
@@ -20,7 +23,21 @@ api() {
         -H 'Accept: application/json' -H 'Content-Type: application/json' -d "$body"
 }
 
-"$VMM" --api-sock "$sock" --boot-timer --level Info >"$out" 2>&1 &
+kernel=$KERNEL initrd=$INITRD
+set --
+case "${HARDENING:-default}" in
+    default) ;;
+    no-seccomp) set -- --no-seccomp ;;
+    none|jail)
+        [ "$HARDENING" = none ] && set -- --no-seccomp
+        if [ "$HARDENING" = jail ]; then
+            mkdir -m 0755 "$work/jail"
+            set -- --jail "$work/jail" --jail-bind "$KERNEL:/vmlinux:ro" --jail-bind "$INITRD:/initrd:ro"
+            kernel=/vmlinux initrd=/initrd
+        fi ;;
+    *) echo "vmm-api-boot: unknown HARDENING=$HARDENING"; exit 2 ;;
+esac
+"$VMM" --api-sock "$sock" --boot-timer --level Info "$@" >"$out" 2>&1 &
 pid=$!
 i=0
 until [ -S "$sock" ]; do
@@ -28,7 +45,7 @@ until [ -S "$sock" ]; do
     sleep 0.05
 done
 
-api PUT /boot-source "{\"kernel_image_path\": \"$KERNEL\", \"initrd_path\": \"$INITRD\", \"boot_args\": \"$BOOT_ARGS\"}"
+api PUT /boot-source "{\"kernel_image_path\": \"$kernel\", \"initrd_path\": \"$initrd\", \"boot_args\": \"$BOOT_ARGS\"}"
 api PUT /machine-config "{\"vcpu_count\": ${VCPUS:-1}, \"mem_size_mib\": ${MEM_MIB:-256}}"
 api PUT /actions '{"action_type": "InstanceStart"}'
 
@@ -52,9 +69,14 @@ if [ "${AFTER_READY:-wait}" != wait ]; then
     api PUT /actions '{"action_type": "SendCtrlAltDel"}'
 fi
 
+# The VMM's CPU time: what the shell's reaped children used, across the
+# wait (the API calls before it have all been reaped by then).
+children_ticks() { awk '{ print $16 + $17 }' "/proc/$$/stat"; }
+before=$(children_ticks)
 set +e
 wait "$pid"
 status=$?
 set -e
 cat "$out"
+echo "vmm_cpu_ms=$(( ($(children_ticks) - before) * 1000 / $(getconf CLK_TCK) ))"
 exit "$status"

@@ -3,11 +3,10 @@
 //! queue setup, activation, resets and configuration space accesses in
 //! any order, with the device's event loop running in between.
 
-use std::fs::File;
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
-use husk_api::devices::{FsConfig, NetworkInterfaceConfig, VsockConfig};
+use husk_api::devices::{FsConfig, VsockConfig};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::tempdir::TempDir;
 
@@ -16,7 +15,6 @@ use super::Input;
 use crate::devices::bus::BusDevice;
 use crate::devices::virtio::fs::Fs;
 use crate::devices::virtio::mmio::MmioTransport;
-use crate::devices::virtio::net::Net;
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
 
@@ -80,14 +78,7 @@ pub fn virtio_mmio(data: &[u8]) {
     match input.u8() % 3 {
         0 => {
             let (_host, backend) = super::net::seqpacket_pair();
-            let config = NetworkInterfaceConfig {
-                iface_id: "fuzz0".into(),
-                host_dev_name: "fuzztap".into(),
-                guest_mac: Some("06:00:ac:10:00:02".into()),
-                rx_rate_limiter: None,
-                tx_rate_limiter: None,
-            };
-            drive(Net::with_backend(&config, File::from(backend)).expect("net device"), &mut input);
+            drive(super::net::device(backend), &mut input);
         }
         1 => {
             let config = VsockConfig { vsock_id: None, guest_cid: 3, uds_path: format!("{path}/v.sock") };

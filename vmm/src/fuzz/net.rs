@@ -61,10 +61,8 @@ impl Host {
     }
 }
 
-pub fn virtio_net(data: &[u8]) {
-    let mut input = Input::new(data);
-    let (host, backend) = seqpacket_pair();
-    let host = Host(host);
+/// A net device whose TAP is `backend` (one end of a socket pair).
+pub(super) fn device(backend: OwnedFd) -> Net {
     let config = NetworkInterfaceConfig {
         iface_id: "fuzz0".into(),
         host_dev_name: "fuzztap".into(),
@@ -72,7 +70,14 @@ pub fn virtio_net(data: &[u8]) {
         rx_rate_limiter: None,
         tx_rate_limiter: None,
     };
-    let mut net = Net::with_backend(&config, File::from(backend)).expect("net device");
+    Net::with_backend(&config, File::from(backend)).expect("net device")
+}
+
+pub fn virtio_net(data: &[u8]) {
+    let mut input = Input::new(data);
+    let (host, backend) = seqpacket_pair();
+    let host = Host(host);
+    let mut net = device(backend);
     net.ack_features(input.u64() & (OFFERED_FEATURES | VIRTIO_F_VERSION_1));
     let mut wired = Wired::new(net, queue_size(&mut input));
     while !input.is_empty() {
