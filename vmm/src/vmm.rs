@@ -19,7 +19,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::rpc::{VmmAction, VmmActionError, VmmData, VmmResponse};
 use crate::seccomp::ThreadKind;
 use crate::vm::{start_vm, RunningVm, VirtioDeviceHandle, VmOptions, MAX_VIRTIO_DEVICES};
-use crate::vm_exit::{ExitSignal, VmExit};
+use crate::vm_exit::{ExitSignal, ResetSource, VmExit};
 
 const NOT_SUPPORTED_AFTER_START: &str = "The requested operation is not supported after starting the microVM.";
 const NOT_SUPPORTED_BEFORE_START: &str = "The requested operation is not supported before starting the microVM.";
@@ -416,6 +416,13 @@ impl Vmm {
         let Some(reason) = self.exit.reason() else { return };
         let code = match &reason {
             VmExit::PowerOff { status } => vmm_exit::for_guest_power_off(*status),
+            // A triple fault ends the VM as a reset does (Linux's
+            // `reboot=t`), but it is also how a guest crashes before it has
+            // a console: say so where the default log level shows it.
+            VmExit::Reset(source @ ResetSource::TripleFault) => {
+                tracing::warn!("the guest reset ({source:?}): ending the VM");
+                vmm_exit::GUEST_SHUTDOWN
+            }
             VmExit::Reset(source) => {
                 tracing::info!("the guest reset ({source:?}): ending the VM");
                 vmm_exit::GUEST_SHUTDOWN
