@@ -18,11 +18,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use husk_tests::paths;
-use husk_tests::protocol::RunRequest;
 use husk_tests::testhost::TestHost;
 
 use crate::stats::{markdown_table, Series};
-use crate::vmm::{cpu_time, number_after};
+use crate::vmm::{cpu_time, husk_boot, number_after};
 
 /// The combinations, as tests/testhost/vmm-api-boot.sh's HARDENING names
 /// them, with their husk-vmm flags for the local runs.
@@ -98,10 +97,6 @@ fn local_startup(vmm: &Path, runs: usize, wall: &mut [Series; 4], cpu: &mut [Ser
     Ok(())
 }
 
-fn artifact(name: &str) -> Result<String> {
-    Ok(paths::artifact(name).map_err(anyhow::Error::msg)?.to_string_lossy().into_owned())
-}
-
 pub fn run(out: &Path, runs: usize, socket_runs: usize) -> Result<()> {
     let vmm = crate::release_vmm()?;
     let series = |what: &str, unit: &str| -> [Series; 4] {
@@ -123,27 +118,8 @@ pub fn run(out: &Path, runs: usize, socket_runs: usize) -> Result<()> {
             let index = (run + k) % MODES.len();
             let mode = MODES[index].0;
             eprintln!("husk-bench hardening: boot {}/{runs}, {}", run + 1, label(mode));
-            let env = [
-                ("VMM", vmm.to_string_lossy().into_owned()),
-                ("KERNEL", artifact("vmlinux")?),
-                ("INITRD", artifact("initramfs.cpio")?),
-                ("BOOT_ARGS", format!("{} husk.ready_action=poweroff", crate::vmm::BOOT_ARGS)),
-                ("VCPUS", "1".into()),
-                ("MEM_MIB", "256".into()),
-                ("AFTER_READY", "wait".into()),
-                ("HARDENING", mode.into()),
-            ];
-            let request = RunRequest {
-                argv: vec![paths::repo_dir().join("tests/testhost/vmm-api-boot.sh").to_string_lossy().into_owned()],
-                env: env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
-                timeout_secs: 300,
-                ..Default::default()
-            };
-            let output = host.run(&request)?;
+            let output = husk_boot(&host, &vmm, "wait", "husk.ready_action=poweroff", mode)?;
             let text = output.stdout_text();
-            if !output.report.success() {
-                bail!("husk-vmm boot ({mode}) failed ({:?}):\n{text}", output.report);
-            }
             ready[index].push(number_after(&text, "Guest-boot-time =").context("no boot-timer log")? / 1e3);
             whole[index].push(output.elapsed.as_secs_f64() * 1e3);
             vmm_cpu[index].push(number_after(&text, "vmm_cpu_ms=").context("no vmm_cpu_ms line")?);

@@ -25,7 +25,7 @@ use husk_tests::testhost::{RunOutput, TestHost};
 
 use crate::stats::{markdown_table, Series};
 
-pub const BOOT_ARGS: &str =
+const BOOT_ARGS: &str =
     "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd quiet nowatchdog nosoftlockup";
 const TIMEOUT_SECS: u64 = 300;
 
@@ -79,7 +79,9 @@ pub fn number_after(text: &str, marker: &str) -> Option<f64> {
     number.parse().ok()
 }
 
-fn husk_boot(host: &TestHost, vmm: &Path, after_ready: &str, agent: &str) -> Result<RunOutput> {
+/// One boot by tests/testhost/vmm-api-boot.sh in the test host, with its
+/// HARDENING mode ("default": seccomp, no jail); a failed boot is an error.
+pub fn husk_boot(host: &TestHost, vmm: &Path, after_ready: &str, agent: &str, hardening: &str) -> Result<RunOutput> {
     let env = [
         ("VMM", vmm.to_string_lossy().into_owned()),
         ("KERNEL", artifact("vmlinux")?),
@@ -88,6 +90,7 @@ fn husk_boot(host: &TestHost, vmm: &Path, after_ready: &str, agent: &str) -> Res
         ("VCPUS", "1".into()),
         ("MEM_MIB", "256".into()),
         ("AFTER_READY", after_ready.into()),
+        ("HARDENING", hardening.into()),
     ];
     let request = RunRequest {
         argv: vec![paths::repo_dir().join("tests/testhost/vmm-api-boot.sh").to_string_lossy().into_owned()],
@@ -97,7 +100,7 @@ fn husk_boot(host: &TestHost, vmm: &Path, after_ready: &str, agent: &str) -> Res
     };
     let output = host.run(&request)?;
     if !output.report.success() {
-        bail!("husk-vmm boot failed ({:?}):\n{}", output.report, output.stdout_text());
+        bail!("husk-vmm boot ({hardening}) failed ({:?}):\n{}", output.report, output.stdout_text());
     }
     Ok(output)
 }
@@ -135,7 +138,7 @@ pub fn run(out: &Path, runs: usize, socket_runs: usize) -> Result<()> {
     );
     for run in 1..=runs {
         eprintln!("husk-bench vmm: boot {run}/{runs} (husk-vmm, then QEMU microvm)");
-        let husk = husk_boot(&host, &vmm, "wait", "husk.ready_action=poweroff")?;
+        let husk = husk_boot(&host, &vmm, "wait", "husk.ready_action=poweroff", "default")?;
         let text = husk.stdout_text();
         first_entry.push(number_after(&text, "first vCPU entry").context("no first-entry log")? / 1e3);
         boot_timer.push(number_after(&text, "Guest-boot-time =").context("no boot-timer log")? / 1e3);
@@ -155,7 +158,7 @@ pub fn run(out: &Path, runs: usize, socket_runs: usize) -> Result<()> {
     let rss_runs = runs.clamp(1, 5);
     for run in 1..=rss_runs {
         eprintln!("husk-bench vmm: idle memory {run}/{rss_runs}");
-        let output = husk_boot(&host, &vmm, "rss", "husk.ready_action=wait")?;
+        let output = husk_boot(&host, &vmm, "rss", "husk.ready_action=wait", "default")?;
         let text = output.stdout_text();
         let rss = number_after(&text, "rss_kib=").context("no rss line")?;
         let guest = number_after(&text, "guest_rss_kib=").context("no rss line")?;

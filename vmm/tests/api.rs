@@ -9,15 +9,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// A guest printing dots on the console forever.
-fn dots_guest(dir: &Path) -> String {
-    let body = Asm::new().mov_dx(COM1).mov_al(b'.').out_dx_al().delay(2000);
-    let code = body.clone().jmp_back(body.len());
-    let kernel = dir.join("dots.elf");
-    std::fs::write(&kernel, elf(&code.code, false)).unwrap();
-    kernel.to_string_lossy().into_owned()
-}
-
 fn boot_source(kernel: &str) -> String {
     serde_json::json!({ "kernel_image_path": kernel, "boot_args": "console=ttyS0" }).to_string()
 }

@@ -11,15 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// A guest printing dots on the console forever.
-fn dots_guest(dir: &Path) -> String {
-    let body = Asm::new().mov_dx(COM1).mov_al(b'.').out_dx_al().delay(2000);
-    let code = body.clone().jmp_back(body.len());
-    let kernel = dir.join("dots.elf");
-    std::fs::write(&kernel, elf(&code.code, false)).unwrap();
-    kernel.to_string_lossy().into_owned()
-}
-
 /// Each thread's name and its `Seccomp:` mode (0 none, 2 filter) from
 /// /proc/<pid>/task/*/status; the main thread is "main" (its comm is the
 /// program's name).

@@ -131,6 +131,16 @@ impl Asm {
 /// An ELF64 executable whose one segment is `code` at [`LOAD_ADDR`]. With
 /// `pvh`, it carries a PVH note and is entered in 32-bit protected mode;
 /// otherwise through the 64-bit entry, in long mode.
+/// A guest printing dots on the console forever, written into `dir`;
+/// returns its path.
+pub fn dots_guest(dir: &Path) -> String {
+    let body = Asm::new().mov_dx(COM1).mov_al(b'.').out_dx_al().delay(2000);
+    let code = body.clone().jmp_back(body.len());
+    let kernel = dir.join("dots.elf");
+    std::fs::write(&kernel, elf(&code.code, false)).unwrap();
+    kernel.to_string_lossy().into_owned()
+}
+
 pub fn elf(code: &[u8], pvh: bool) -> Vec<u8> {
     const EHDR: usize = 64;
     const PHDR: usize = 56;
