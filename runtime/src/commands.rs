@@ -414,7 +414,11 @@ fn create(cli: &Cli, args: &CreateArgs) -> Result<std::process::Child> {
 
 fn monitor_init(cli: &Cli, id: &str) -> u8 {
     let Ok((report, signals, dir, request)) = monitor_start::<InitLaunch>(cli, id, "launch.json") else { return 1 };
-    monitor::run_init(dir, request, report, signals) as u8
+    let code = monitor::run_init(dir.clone(), request, report, signals) as u8;
+    if let Some(reason) = dir.exit().and_then(|exit| exit.vm_lost) {
+        logging::warn(&format!("container {id}: its microVM ended under it, reported as killed (137): {reason}"));
+    }
+    code
 }
 
 fn start(cli: &Cli, id: &str) -> Result<()> {

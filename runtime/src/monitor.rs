@@ -619,7 +619,9 @@ pub fn run_init(dir: ContainerDir, request: InitLaunch, report: File, signals: l
             stdio::wait_pumps(&done_rx, outputs, DRAIN_TIMEOUT);
             ExitRecord { status, vm_lost: None }
         }
-        End::Lost(reason) => ExitRecord { status: KILLED, vm_lost: Some(reason) },
+        // The engine only sees 137; the reason, with the VMM's log and the
+        // console's last lines, goes to the runtime's log (see monitor_init).
+        End::Lost(reason) => ExitRecord { status: KILLED, vm_lost: Some(format!("{reason}{}", vmm_log_tail(&dir))) },
     };
     let _ = dir.save_exit(&exit);
     drop(pty);
