@@ -2,6 +2,7 @@
 //! what kind of KVM this machine has, and the test host — a machine in which a
 //! stock Linux guest really boots under KVM, which tests run their programs in.
 
+pub mod acct;
 pub mod data;
 pub mod guest_vm;
 pub mod kvm;

@@ -11,7 +11,13 @@
 //!   husk-engine-suite bench [--rounds N] --runtime A [--runtime B …]
 //!       `podman run --rm IMAGE /bin/true`, and `<runtime> run --bundle` of
 //!       a plain bundle, rounds interleaved round-robin over the runtimes
-//!       (names or paths); one `BENCH {json}` line per sample
+//!       (names or paths): wall time, and the host CPU time every process
+//!       the start ran used, by process accounting (acct(2), as root); one
+//!       `BENCH {json}` line per sample
+//!   husk-engine-suite density [--husk-count N] [--crun-count N] [--budget-mib M] [--husk PATH]
+//!       idle containers started one after another with husk, then crun,
+//!       until a count or memory budget; one `DENSITY {json}` line per step
+//!       (engine_suite/density.rs)
 //!
 //! The engines keep everything under `--state` (the test host's tmpfs): a
 //! podman with its own containers.conf and storage.conf (overlay driver,
@@ -35,6 +41,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use clap::{Parser, Subcommand};
+use husk_tests::acct::{Accounting, Record};
+
+#[path = "engine_suite/density.rs"]
+mod density;
 
 #[derive(Parser)]
 struct Cli {
@@ -76,6 +86,20 @@ enum Suite {
     Bench {
         #[arg(long, default_value_t = 10)]
         rounds: usize,
+    },
+    /// Idle containers (`sleep`) started one after another with `husk run
+    /// --detach`, then `crun run --detach`, until a count or a memory
+    /// budget; host memory per container and start time as the host fills.
+    Density {
+        /// husk containers at most (0: skip husk).
+        #[arg(long, default_value_t = 16)]
+        husk_count: usize,
+        /// crun containers at most (0: skip crun).
+        #[arg(long, default_value_t = 16)]
+        crun_count: usize,
+        /// MemAvailable the containers of one runtime may take, MiB.
+        #[arg(long, default_value_t = 2048)]
+        budget_mib: u64,
     },
 }
 
@@ -647,12 +671,38 @@ runtime_supports_kvm = ["husk"]
             if let Ok(out) = self.run(&["ps", "--all"]) {
                 eprintln!("husk-engine-suite: podman's containers at the failure:\n{}", out.stdout.trim_end());
             }
+            // What the runtime logged for each container (podman passes
+            // --log <userdata>/oci-log): e.g. why a microVM ended.
+            for log in files_named(&self.dir, "oci-log") {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                if !lines.is_empty() {
+                    let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+                    eprintln!("husk-engine-suite: {}:\n{tail}", log.display());
+                }
+            }
         }
         self.run(&["rm", "--all", "--force", "--time", "0"])?.success()?;
         // The storage's own mounts (image layers, the overlay home).
         unmount_below(&self.dir)?;
         std::fs::remove_dir_all(&self.dir).with_context(|| format!("removing {}", self.dir.display()))
     }
+}
+
+/// Files called `name` below `dir` (not following symbolic links).
+fn files_named(dir: &Path, name: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            match entry.file_type() {
+                Ok(kind) if kind.is_dir() => pending.push(entry.path()),
+                Ok(kind) if kind.is_file() && entry.file_name() == name => found.push(entry.path()),
+                _ => {}
+            }
+        }
+    }
+    found
 }
 
 /// Runs `body` with a podman set up for `runtime`, and tears it down
@@ -1289,21 +1339,43 @@ struct BenchRuntime {
     label: String,
     podman_name: String,
     binary: PathBuf,
+    /// The name process accounting gives the binary's processes: its file
+    /// name, cut to the kernel's 15 bytes.
+    comm: String,
+}
+
+impl BenchRuntime {
+    fn new(label: &str, binary: PathBuf) -> Self {
+        let name = binary.file_name().map(|name| name.as_encoded_bytes().to_vec()).unwrap_or_default();
+        let comm = String::from_utf8_lossy(&name[..name.len().min(15)]).into_owned();
+        Self { label: label.to_owned(), podman_name: label.to_owned(), binary, comm }
+    }
+
+    /// husk: a monitor and a VMM per container, whose own processes run in
+    /// the guest, out of the host's accounting.
+    fn in_vm(&self) -> bool {
+        self.comm == "husk"
+    }
 }
 
 fn bench_runtime(env: &Env, spec: &str) -> Result<BenchRuntime> {
     if spec.contains('/') {
         let binary = PathBuf::from(spec);
         ensure!(binary.is_file(), "--runtime {spec}: no such file");
-        return Ok(BenchRuntime { label: spec.to_owned(), podman_name: spec.to_owned(), binary });
+        return Ok(BenchRuntime::new(spec, binary));
     }
     let runtime = Runtime::parse(spec)?;
-    Ok(BenchRuntime { label: spec.to_owned(), podman_name: spec.to_owned(), binary: env.binary(runtime)? })
+    Ok(BenchRuntime::new(spec, env.binary(runtime)?))
 }
 
-/// One `BENCH` line per sample, as husk-bench reads them.
-fn sample(name: &str, value_ms: f64) {
-    println!("BENCH {}", serde_json::json!({ "name": name, "unit": "ms", "value": value_ms }));
+/// One `BENCH` line per sample, as husk-bench reads them: `system`
+/// measured on `group` (stats::Series::of's naming).
+fn sample(group: &str, system: &str, value_ms: f64) {
+    let name = format!("{group} ({system})");
+    println!(
+        "BENCH {}",
+        serde_json::json!({ "name": name, "group": group, "system": system, "unit": "ms", "value": value_ms })
+    );
 }
 
 /// A plain bundle running /bin/true in a copy of the busybox rootfs.
@@ -1321,14 +1393,192 @@ fn bench_bundle(env: &Env) -> Result<PathBuf> {
     Ok(bundle)
 }
 
+/// The two ways `bench` starts a container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Start {
+    /// `podman --runtime R run --rm IMAGE /bin/true`.
+    Podman,
+    /// `R run --bundle B id`: the runtime alone.
+    Run,
+}
+
+impl Start {
+    /// The group of the wall-time samples.
+    fn group(self) -> &'static str {
+        match self {
+            Self::Podman => "podman run --rm /bin/true",
+            Self::Run => "run --bundle /bin/true (create → exit → delete)",
+        }
+    }
+
+    /// The group of the host CPU time `kind` of process spent.
+    fn cpu_group(self, kind: &str) -> String {
+        let start = match self {
+            Self::Podman => "podman run --rm",
+            Self::Run => "run --bundle",
+        };
+        format!("host CPU per container start, {start}: {kind}")
+    }
+}
+
+/// The kinds of process `bench` charges CPU time to.
+const KIND_PODMAN: &str = "podman";
+const KIND_CONMON: &str = "conmon";
+/// The runtime's binary: husk's CLI invocations, crun's and runc's
+/// processes (runc's `runc:[…]` init stages too).
+const KIND_RUNTIME: &str = "runtime CLI";
+/// A husk process that is a husk-vmm's parent: the container's monitor.
+const KIND_MONITOR: &str = "husk monitor";
+/// husk-vmm, and the kernel threads KVM runs for its VM.
+const KIND_VMM: &str = "husk-vmm";
+/// A shared-kernel container's own process: the runtime's code in it
+/// before it exec'd /bin/true, then /bin/true.
+const KIND_CONTAINER: &str = "container process";
+const KIND_OTHER: &str = "other";
+const KIND_TOTAL: &str = "total";
+
+/// A record's command name is that of the thread that exited last, which
+/// for a multi-threaded process may be any thread's name: husk's threads
+/// are named (runtime/src, vmm/src), so these lists name them all.
+fn is_husk_vmm_thread(comm: &str) -> bool {
+    matches!(comm, "husk-vmm" | "husk-api" | "husk-api-conn")
+        || comm.strip_prefix("vcpu").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        // KVM's kernel threads for the VM (kvm-nx-lpage-recovery, kvm-pit/<pid>).
+        || comm.starts_with("kvm-")
+}
+
+fn is_husk_runtime_thread(comm: &str) -> bool {
+    matches!(comm, "signals" | "wait" | "vmm-wait") || comm.starts_with("pump-")
+}
+
+/// Host CPU time of one container start per kind of process, from the
+/// accounting records of everything that ran: always the same kinds for
+/// one runtime and way of starting (zero where none ran), then the total.
+/// With husk, each start must show exactly one monitor and one VMM (a
+/// thread name the lists above lack would hide them).
+fn cpu_breakdown(runtime: &BenchRuntime, start: Start, records: &[Record]) -> Result<Vec<(&'static str, Duration)>> {
+    let mut kinds = Vec::new();
+    if start == Start::Podman {
+        kinds.extend([KIND_PODMAN, KIND_CONMON]);
+    }
+    kinds.push(KIND_RUNTIME);
+    if runtime.in_vm() {
+        kinds.extend([KIND_MONITOR, KIND_VMM]);
+    } else {
+        kinds.push(KIND_CONTAINER);
+    }
+    kinds.push(KIND_OTHER);
+    let by_comm = |record: &Record| {
+        let comm = record.comm.as_str();
+        match comm {
+            "podman" => KIND_PODMAN,
+            "conmon" => KIND_CONMON,
+            "true" => KIND_CONTAINER,
+            _ if comm == runtime.comm => KIND_RUNTIME,
+            _ if runtime.comm == "runc" && comm.starts_with("runc:") => KIND_RUNTIME,
+            _ if runtime.in_vm() && is_husk_vmm_thread(comm) => KIND_VMM,
+            _ if runtime.in_vm() && is_husk_runtime_thread(comm) => KIND_RUNTIME,
+            _ => KIND_OTHER,
+        }
+    };
+    // The monitor waits for its VMM, so is still its parent when it exits
+    // (KVM's threads are kthreadd's children).
+    let vmm_parents: BTreeSet<u32> =
+        records.iter().filter(|r| by_comm(r) == KIND_VMM && !r.comm.starts_with("kvm-")).map(|r| r.ppid).collect();
+    let kind_of = |record: &Record| match by_comm(record) {
+        KIND_RUNTIME if runtime.in_vm() && vmm_parents.contains(&record.pid) => KIND_MONITOR,
+        // A kind this runtime should not have (a conmon in a plain run)
+        // counts as other: every round reports the same kinds.
+        kind if kinds.contains(&kind) => kind,
+        _ => KIND_OTHER,
+    };
+    if runtime.in_vm() {
+        let count = |kind: &str| {
+            records.iter().filter(|r| kind_of(r) == kind && !(kind == KIND_VMM && r.comm.starts_with("kvm-"))).count()
+        };
+        ensure!(
+            count(KIND_VMM) == 1 && count(KIND_MONITOR) == 1,
+            "expected one husk-vmm and one husk monitor among the processes of a container start, found {} and {}:\n  {}",
+            count(KIND_VMM),
+            count(KIND_MONITOR),
+            describe_records(records)
+        );
+    }
+    let mut breakdown: Vec<(&'static str, Duration)> = kinds.iter().map(|&kind| (kind, Duration::ZERO)).collect();
+    for record in records {
+        let kind = kind_of(record);
+        let entry = breakdown.iter_mut().find(|(k, _)| *k == kind).expect("every kind has an entry");
+        entry.1 += record.cpu();
+    }
+    let total = records.iter().map(Record::cpu).sum();
+    breakdown.push((KIND_TOTAL, total));
+    Ok(breakdown)
+}
+
+/// Every process's record, one line each, for the log.
+fn describe_records(records: &[Record]) -> String {
+    let mut lines: Vec<String> = records
+        .iter()
+        .map(|r| {
+            let forked = if r.forked_without_exec() { ", forked" } else { "" };
+            format!(
+                "{} (pid {}, ppid {}{forked}): {} ms CPU in {:.0} ms",
+                r.comm,
+                r.pid,
+                r.ppid,
+                r.cpu().as_millis(),
+                r.elapsed.as_secs_f64() * 1e3
+            )
+        })
+        .collect();
+    lines.sort();
+    lines.join("\n  ")
+}
+
+/// How long what a command started (a daemonised conmon or monitor, a
+/// VMM, podman's cleanup) may outlive it.
+const LINGER: Duration = Duration::from_secs(60);
+
+/// Runs `command` with process accounting on, and once it has ended, waits
+/// until every process it started has ended too, so that the records hold
+/// all the host CPU time the container's start cost. Accounting goes on
+/// before the clock starts and off after the last process is gone: the
+/// wall time is the command's alone.
+fn measured(env: &Env, command: &mut Command) -> Result<(Output, Vec<Record>)> {
+    // Kernel threads come and go on their own.
+    let is_new =
+        |p: &Process, before: &BTreeSet<(i32, u64)>| p.pid != 2 && p.ppid != 2 && !before.contains(&(p.pid, p.start));
+    let before: BTreeSet<(i32, u64)> = processes().into_iter().map(|p| (p.pid, p.start)).collect();
+    let path = env.state.join("bench.acct");
+    let accounting = Accounting::start(&path).context("bench charges host CPU time with process accounting")?;
+    let out = run(command, COMMAND_TIMEOUT)?.success()?;
+    let deadline = Instant::now() + LINGER;
+    loop {
+        let left: Vec<Process> = processes().into_iter().filter(|p| is_new(p, &before)).collect();
+        if left.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let left: Vec<String> = left.iter().map(|p| format!("{} `{}`", p.pid, p.cmdline)).collect();
+            bail!("{LINGER:?} after `{}` ended, processes it started still run:\n  {}", out.argv, left.join("\n  "));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut records = accounting.finish().context("reading the process accounting records")?;
+    // Turning accounting off writes a record for the caller: this suite.
+    records.retain(|r| r.pid != std::process::id());
+    Ok((out, records))
+}
+
 fn bench(env: &Env, runtimes: &[String], rounds: usize) -> Result<()> {
     ensure!(!runtimes.is_empty(), "bench needs at least one --runtime");
     let runtimes: Vec<BenchRuntime> = runtimes.iter().map(|r| bench_runtime(env, r)).collect::<Result<_>>()?;
     let bundle = bench_bundle(env)?;
     with_podman(env, &runtimes[0].podman_name, |podman| {
         let mut medians: Vec<(String, Vec<f64>)> = Vec::new();
-        let mut record = |name: String, value: f64| {
-            sample(&name, value);
+        let mut record = |group: &str, system: &str, value: f64| {
+            sample(group, system, value);
+            let name = format!("{group} ({system})");
             match medians.iter_mut().find(|(n, _)| *n == name) {
                 Some((_, values)) => values.push(value),
                 None => medians.push((name, vec![value])),
@@ -1337,15 +1587,28 @@ fn bench(env: &Env, runtimes: &[String], rounds: usize) -> Result<()> {
         for round in 1..=rounds {
             eprintln!("bench: round {round}/{rounds}");
             for (index, runtime) in runtimes.iter().enumerate() {
-                let out =
-                    podman.run(&["--runtime", &runtime.podman_name, "run", "--rm", IMAGE, "/bin/true"])?.success()?;
-                record(format!("podman run --rm /bin/true ({})", runtime.label), out.elapsed.as_secs_f64() * 1e3);
-
-                let id = format!("hes-bench-{round}-{index}");
-                let mut command = Command::new(&runtime.binary);
-                command.args(["run", "--bundle"]).arg(&bundle).arg(&id);
-                let out = run(&mut command, COMMAND_TIMEOUT)?.success()?;
-                record(format!("{} run --bundle, /bin/true", runtime.label), out.elapsed.as_secs_f64() * 1e3);
+                let mut podman_run = podman.command();
+                podman_run.args(["--runtime", &runtime.podman_name, "run", "--rm", IMAGE, "/bin/true"]);
+                let mut plain_run = Command::new(&runtime.binary);
+                plain_run.args(["run", "--bundle"]).arg(&bundle).arg(format!("hes-bench-{round}-{index}"));
+                for (start, command) in [(Start::Podman, &mut podman_run), (Start::Run, &mut plain_run)] {
+                    let (out, records) = measured(env, command)?;
+                    record(start.group(), &runtime.label, out.elapsed.as_secs_f64() * 1e3);
+                    let breakdown = cpu_breakdown(runtime, start, &records)?;
+                    for &(kind, cpu) in &breakdown {
+                        record(&start.cpu_group(kind), &runtime.label, cpu.as_secs_f64() * 1e3);
+                    }
+                    if round == 1 {
+                        eprintln!("bench: `{}`: processes and their CPU:\n  {}", out.argv, describe_records(&records));
+                    }
+                    if breakdown.iter().any(|&(kind, cpu)| kind == KIND_OTHER && !cpu.is_zero()) {
+                        eprintln!(
+                            "bench: `{}` ran processes of no known kind (\"other\"); all its processes:\n  {}",
+                            out.argv,
+                            describe_records(&records)
+                        );
+                    }
+                }
             }
         }
         for (name, mut values) in medians {
@@ -1383,6 +1646,9 @@ fn main() -> Result<()> {
         }),
         Suite::Bench { rounds } => bench(&env, &cli.runtimes, rounds),
         Suite::Demo => demo(&env),
+        Suite::Density { husk_count, crun_count, budget_mib } => {
+            density::density(&env, husk_count, crun_count, budget_mib)
+        }
     };
     let cleared = env.clear_state();
     eprintln!("husk-engine-suite: {:.1} s", started.elapsed().as_secs_f64());
@@ -1413,6 +1679,84 @@ mod tests {
         let mut command = Command::new("podman");
         command.args(["run", "-e", "GREETING=hello env", "it's"]);
         assert_eq!(command_line(&command), r#"podman run -e 'GREETING=hello env' 'it'\''s'"#);
+    }
+
+    fn record(comm: &str, pid: u32, ppid: u32, cpu_ms: u64) -> Record {
+        Record {
+            comm: comm.into(),
+            pid,
+            ppid,
+            uid: 0,
+            gid: 0,
+            flags: 0,
+            exit_status: 0,
+            user: Duration::from_millis(cpu_ms / 2),
+            system: Duration::from_millis(cpu_ms - cpu_ms / 2),
+            elapsed: Duration::from_secs(1),
+            started_at: 0,
+        }
+    }
+
+    #[test]
+    fn host_cpu_is_charged_per_kind_of_process() {
+        let husk = BenchRuntime::new("husk", PathBuf::from("/repo/target/release/husk"));
+        let mut records = vec![
+            record("podman", 100, 50, 900),
+            record("conmon", 101, 100, 10),
+            record("conmon", 102, 1, 30),
+            record("husk", 103, 102, 200), // create
+            // The VMM and its monitor, each named after the thread that
+            // exited last; KVM's kernel thread for the VM.
+            record("vcpu0", 105, 104, 4000),
+            record("kvm-pit/105", 110, 2, 10),
+            record("vmm-wait", 104, 102, 600),
+            record("husk", 106, 100, 100),   // delete
+            record("podman", 107, 102, 500), // conmon's cleanup
+            record("iptables", 108, 100, 20),
+        ];
+        let ms = |breakdown: Vec<(&'static str, Duration)>| -> Vec<(&'static str, u128)> {
+            breakdown.into_iter().map(|(kind, cpu)| (kind, cpu.as_millis())).collect()
+        };
+        assert_eq!(
+            ms(cpu_breakdown(&husk, Start::Podman, &records).unwrap()),
+            [
+                (KIND_PODMAN, 1400),
+                (KIND_CONMON, 40),
+                (KIND_RUNTIME, 300),
+                (KIND_MONITOR, 600),
+                (KIND_VMM, 4010),
+                (KIND_OTHER, 20),
+                (KIND_TOTAL, 6370)
+            ]
+        );
+        // A VMM under a thread name nobody listed: no VMM and no monitor,
+        // which is an error rather than CPU silently moved to "other".
+        records[4].comm = "io-thread".into();
+        let err = cpu_breakdown(&husk, Start::Podman, &records).unwrap_err().to_string();
+        assert!(err.contains("found 0 and 0") && err.contains("io-thread (pid 105"), "{err}");
+
+        // runc's init stages are runc's; the container's own process has
+        // the kinds crun and runc have, also when nothing of a kind ran.
+        let runc = BenchRuntime::new("runc", PathBuf::from("/usr/sbin/runc"));
+        let records = [record("runc", 200, 50, 30), record("runc:[1:CHILD]", 201, 200, 10), record("true", 202, 1, 0)];
+        assert_eq!(
+            ms(cpu_breakdown(&runc, Start::Run, &records).unwrap()),
+            [(KIND_RUNTIME, 40), (KIND_CONTAINER, 0), (KIND_OTHER, 0), (KIND_TOTAL, 40)]
+        );
+
+        // husk's names mean nothing beside crun: other.
+        let crun = BenchRuntime::new("crun", PathBuf::from("/usr/bin/crun"));
+        let kinds = cpu_breakdown(&crun, Start::Run, &[record("husk-vmm", 1, 1, 10)]).unwrap();
+        assert_eq!(kinds.iter().find(|(k, _)| *k == KIND_OTHER).unwrap().1, Duration::from_millis(10));
+    }
+
+    #[test]
+    fn bench_lines_carry_group_and_system() {
+        assert_eq!(Start::Podman.group(), "podman run --rm /bin/true");
+        assert_eq!(Start::Run.cpu_group(KIND_VMM), "host CPU per container start, run --bundle: husk-vmm");
+        let long = BenchRuntime::new("/x/y", PathBuf::from("/x/a-runtime-with-a-long-name"));
+        assert_eq!(long.comm, "a-runtime-with-");
+        assert!(!long.in_vm());
     }
 
     #[test]
