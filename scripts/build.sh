@@ -10,7 +10,7 @@ if ! command -v cargo >/dev/null; then
     echo "build: cargo is not on PATH; husk builds with the machine's Rust toolchain" >&2
     exit 1
 fi
-scripts/install-deps.sh kernel guest testhost engines apitest
+scripts/install-deps.sh kernel guest testhost engines apitest benches
 kernel-config/build-kernel.sh
 images/build-initramfs.sh
 # The busybox test container's rootfs, from Debian's busybox-static (skipped when current).

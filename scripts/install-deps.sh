@@ -10,6 +10,8 @@
 #   engines   podman and containerd with their runtimes and networking, for
 #             tests/tests/engines.rs (they run inside the test host, which
 #             sees this machine's binaries), and umoci for their image
+#   benches   the font benches/ draws its PNG plots with (DejaVu Sans,
+#             loaded by the pure-Rust ab_glyph rasteriser: no freetype)
 #   apitest   schemathesis (from PyPI, in a virtualenv at
 #             ${HUSK_CACHE_DIR:-~/.cache/husk}/venv) for
 #             vmm/tests/openapi_schemathesis.rs
@@ -37,6 +39,7 @@ for group in "$@"; do
         # nft variant); aardvark-dns is its DNS. podman comes without a
         # network backend otherwise, and with only one of crun and runc.
         engines) want+=(podman conmon crun runc containerd netavark aardvark-dns iptables umoci iproute2) ;;
+        benches) want+=(fonts-dejavu-core) ;;
         # Debian's python3 with venv; schemathesis itself comes from PyPI below.
         apitest) want+=(python3 python3-venv); need_venv=1 ;;
         *) log "unknown group '$group'"; exit 2 ;;

@@ -12,16 +12,16 @@ use husk_tests::paths;
 use husk_tests::protocol::RunRequest;
 use husk_tests::testhost::TestHost;
 
-use crate::stats::{markdown_table, BenchLines};
+use crate::stats::{markdown_table, BenchLines, Series};
 
-pub fn run(out: &Path, rounds: usize) -> Result<()> {
+/// Runs the engine suite's bench in `host`: `rounds` rounds of husk, crun
+/// and runc, interleaved within each round.
+pub fn measure(host: &TestHost, rounds: usize) -> Result<BenchLines> {
     let repo = paths::repo_dir();
     let husk = repo.join("target/release/husk");
     if !husk.is_file() || !repo.join("target/release/husk-vmm").is_file() {
         bail!("build the release husk and husk-vmm first (benches/run.sh does)");
     }
-    let host = TestHost::shared(&repo.join("target/debug/husk-testhost"))?;
-    let info = host.info()?;
     let suite = repo.join("target/debug/husk-engine-suite").to_string_lossy().into_owned();
     let husk = husk.to_string_lossy().into_owned();
     let argv: Vec<String> = [
@@ -43,32 +43,66 @@ pub fn run(out: &Path, rounds: usize) -> Result<()> {
     .collect();
     eprintln!("husk-bench engines: {rounds} rounds of husk, crun and runc, interleaved");
     let mut lines = BenchLines::default();
-    crate::add_suite_run(&mut lines, &host, &RunRequest { argv, timeout_secs: 3600, ..Default::default() }, "engine")?;
+    let request = RunRequest { argv, timeout_secs: 3600, ..Default::default() };
+    crate::add_suite_run(&mut lines, host, &request, "engine")?;
+    Ok(lines)
+}
+
+/// The ratio of husk's median to `baseline`'s on `group`.
+pub fn ratio(lines: &BenchLines, group: &str, baseline: &str) -> Option<f64> {
+    ratio_of(&lines.ordered(), group, baseline)
+}
+
+fn ratio_of(series: &[&Series], group: &str, baseline: &str) -> Option<f64> {
+    let find = |system: &str| series.iter().find(|s| s.group == group && s.system == system);
+    let ratio = find("husk")?.median() / find(baseline)?.median();
+    ratio.is_finite().then_some(ratio)
+}
+
+/// The markdown section for `series` (some of the bench's): how it was
+/// measured, the table, the ratios to crun and runc.
+pub fn markdown_of(series: &[&Series], host: &TestHost, rounds: usize) -> Result<String> {
+    let info = host.info()?;
     let mut table = String::new();
-    writeln!(table, "# podman and `run` with husk beside crun and runc\n")?;
     writeln!(
         table,
-        "Test host: {:?} (kernel {}, KVM {}); podman 4.3 + conmon with the overlay driver and `--network none`'s \
-         default (containers.conf netns = none), the busybox image; husk boots one microVM per container (release \
-         husk-vmm, 1 vCPU, 512 MiB). {rounds} rounds, runtimes interleaved within each round, medians. The test \
-         host is software-emulated (QEMU TCG with nested SVM): absolute times are far above hardware, compare \
-         ratios from this one run.\n",
+        "Test host: {:?} (kernel {}, KVM {}); podman + conmon with the overlay driver, no network, the busybox \
+         image; husk boots one microVM per container (release husk-vmm, 1 vCPU, 512 MiB). `run` is the runtime's \
+         own `run` of a bundle: create → start → exit → delete. {rounds} rounds, runtimes interleaved within each \
+         round. The test host is software-emulated (QEMU TCG with nested SVM): absolute times are far above \
+         hardware, compare ratios from this one run.\n",
         host.mode(),
         info.kernel,
         info.kvm
     )?;
-    table.push_str(&markdown_table(lines.ordered(), 0));
-    let series = &lines.series;
-    let ratio = |a: &str, b: &str| series.get(a).zip(series.get(b)).map(|(a, b)| a.median() / b.median());
+    table.push_str(&markdown_table(series.iter().copied(), 0));
     writeln!(table)?;
-    for baseline in ["crun", "runc"] {
-        if let Some(r) = ratio("podman run --rm /bin/true (husk)", &format!("podman run --rm /bin/true ({baseline})")) {
-            writeln!(table, "podman run --rm, husk / {baseline}: {r:.2}.")?;
+    let groups: Vec<&str> = {
+        let mut groups: Vec<&str> = Vec::new();
+        for s in series {
+            if !s.group.is_empty() && !groups.contains(&s.group.as_str()) {
+                groups.push(&s.group);
+            }
         }
-        if let Some(r) = ratio("husk run --bundle, /bin/true", &format!("{baseline} run --bundle, /bin/true")) {
-            writeln!(table, "`run` of a bundle, husk / {baseline}: {r:.2}.")?;
+        groups
+    };
+    for group in groups {
+        for baseline in ["crun", "runc"] {
+            if let Some(r) = ratio_of(series, group, baseline) {
+                writeln!(table, "- {group}: husk / {baseline} = {r:.2}")?;
+            }
         }
     }
+    Ok(table)
+}
+
+pub fn run(out: &Path, rounds: usize) -> Result<()> {
+    let host = TestHost::shared(&paths::repo_dir().join("target/debug/husk-testhost"))?;
+    let lines = measure(&host, rounds)?;
+    let table = format!(
+        "# podman and `run` with husk beside crun and runc\n\n{}",
+        markdown_of(&lines.ordered(), &host, rounds)?
+    );
     std::fs::write(out.join("engines.md"), &table)?;
     std::fs::write(out.join("engines.json"), serde_json::to_string_pretty(&lines.ordered())?)?;
     print!("{table}");

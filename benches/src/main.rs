@@ -1,6 +1,10 @@
 //! `husk-bench`: husk's benchmarks. Each run writes a markdown table and the
 //! raw samples as JSON under `benches/results/<date>/`.
 //!
+//!   husk-bench suite               everything issue #8 asks for in one go (the
+//!                                  default of benches/run.sh): start-up beside
+//!                                  QEMU microvm, crun and runc, host CPU per start,
+//!                                  density; summary.md, samples.csv/json, PNG plots
 //!   husk-bench vmm [--runs N]      husk-vmm start-up, boot and memory overhead,
 //!                                  beside QEMU's microvm on the same guest
 //!   husk-bench devices [--runs N]  vsock, virtio-net and virtio-fs speed in a
@@ -11,10 +15,14 @@
 //!   husk-bench hardening [--runs N]  start-up cost of seccomp and the jail, on and off
 
 mod containers;
+mod density;
 mod devices;
 mod engines;
 mod hardening;
+mod plot;
+mod report;
 mod stats;
+mod suite;
 mod vmm;
 
 use std::path::PathBuf;
@@ -38,6 +46,24 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// The whole suite: start-up (husk-vmm beside QEMU microvm, `run` and
+    /// `podman run` with husk beside crun and runc, host CPU per start) and
+    /// density, into one summary.md with every sample and PNG plots.
+    Suite {
+        /// Boots per VMM and rounds of the engine comparison (each system
+        /// measured alternately).
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// Local husk-vmm start-ups to its API socket.
+        #[arg(long, default_value_t = 40)]
+        socket_runs: usize,
+        /// Most idle containers the density run starts per runtime.
+        #[arg(long, default_value_t = 12)]
+        density_count: usize,
+        /// MemAvailable each runtime's containers may take, MiB.
+        #[arg(long, default_value_t = 2048)]
+        density_budget_mib: u64,
+    },
     /// husk-vmm: process start to API socket, InstanceStart to first vCPU
     /// entry and to agent ready, VMM memory overhead; QEMU microvm beside it.
     Vmm {
@@ -75,6 +101,21 @@ enum Cmd {
         /// Local API start-ups per mode.
         #[arg(long, default_value_t = 30)]
         socket_runs: usize,
+    },
+    /// Idle containers started one after another with husk, then crun, in
+    /// the test host, until a count or a memory budget: host memory per
+    /// container (PSS by process, guest touched, VMM overhead) and start
+    /// time as the host fills.
+    Density {
+        /// husk containers at most.
+        #[arg(long, default_value_t = 16)]
+        husk_count: usize,
+        /// crun containers at most.
+        #[arg(long, default_value_t = 16)]
+        crun_count: usize,
+        /// MemAvailable each runtime's containers may take, MiB.
+        #[arg(long, default_value_t = 2048)]
+        budget_mib: u64,
     },
 }
 
@@ -129,10 +170,16 @@ fn main() -> Result<()> {
     let out = cli.out.unwrap_or_else(|| husk_tests::paths::repo_dir().join("benches/results").join(stats::utc_date()));
     std::fs::create_dir_all(&out)?;
     match cli.command {
+        Cmd::Suite { runs, socket_runs, density_count, density_budget_mib } => {
+            suite::run(&out, &suite::SuiteOptions { runs, socket_runs, density_count, density_budget_mib })
+        }
         Cmd::Vmm { runs, socket_runs } => vmm::run(&out, runs, socket_runs),
         Cmd::Devices { runs } => devices::run(&out, runs),
         Cmd::Containers { runs } => containers::run(&out, runs),
         Cmd::Engines { rounds } => engines::run(&out, rounds),
         Cmd::Hardening { runs, socket_runs } => hardening::run(&out, runs, socket_runs),
+        Cmd::Density { husk_count, crun_count, budget_mib } => {
+            density::run(&out, husk_count, crun_count, budget_mib).map(|_| ())
+        }
     }
 }

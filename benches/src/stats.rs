@@ -6,12 +6,30 @@ use serde::Serialize;
 pub struct Series {
     pub name: String,
     pub unit: String,
+    /// What is measured, shared by the systems compared on it (e.g.
+    /// "podman run --rm /bin/true"): one plot panel each. Empty when the
+    /// series stands alone.
+    pub group: String,
+    /// Which system the samples are of within the group (e.g. "husk",
+    /// "crun"): one distribution in the group's panel.
+    pub system: String,
     pub samples: Vec<f64>,
 }
 
 impl Series {
     pub fn new(name: &str, unit: &str) -> Self {
-        Self { name: name.into(), unit: unit.into(), samples: Vec::new() }
+        Self { name: name.into(), unit: unit.into(), ..Default::default() }
+    }
+
+    /// A series compared with others: `system` measured on `group`.
+    pub fn of(group: &str, system: &str, unit: &str) -> Self {
+        Self {
+            name: format!("{group} ({system})"),
+            unit: unit.into(),
+            group: group.into(),
+            system: system.into(),
+            samples: Vec::new(),
+        }
     }
 
     pub fn push(&mut self, value: f64) {
@@ -86,8 +104,9 @@ mod tests {
     }
 }
 
-/// Series read from a suite's `BENCH {"name", "unit", "value"}` lines, in
-/// the order their names first appear.
+/// Series read from a suite's `BENCH {"name", "unit", "value"}` lines
+/// (optionally also "group" and "system", see [`Series`]), in the order
+/// their names first appear.
 #[derive(Default)]
 pub struct BenchLines {
     pub order: Vec<String>,
@@ -100,12 +119,14 @@ impl BenchLines {
             let sample: serde_json::Value = serde_json::from_str(line)?;
             let name = sample["name"].as_str().unwrap_or_default().to_owned();
             let unit = sample["unit"].as_str().unwrap_or_default();
+            let group = sample["group"].as_str().unwrap_or_default();
+            let system = sample["system"].as_str().unwrap_or_default();
             if !self.series.contains_key(&name) {
                 self.order.push(name.clone());
             }
             self.series
                 .entry(name.clone())
-                .or_insert_with(|| Series::new(&name, unit))
+                .or_insert_with(|| Series { group: group.into(), system: system.into(), ..Series::new(&name, unit) })
                 .push(sample["value"].as_f64().unwrap_or(f64::NAN));
         }
         Ok(())
@@ -114,4 +135,16 @@ impl BenchLines {
     pub fn ordered(&self) -> Vec<&Series> {
         self.order.iter().map(|n| &self.series[n]).collect()
     }
+}
+
+/// A progress suffix: time so far and, once something is done, the
+/// estimated time left at the average pace (", 2m10s so far, ~5m left").
+pub fn eta(started: std::time::Instant, done: usize, total: usize) -> String {
+    let elapsed = started.elapsed().as_secs();
+    let clock = |s: u64| if s >= 60 { format!("{}m{:02}s", s / 60, s % 60) } else { format!("{s}s") };
+    if done == 0 || done >= total {
+        return format!(", {} so far", clock(elapsed));
+    }
+    let left = elapsed * (total - done) as u64 / done as u64;
+    format!(", {} so far, ~{} left", clock(elapsed), clock(left))
 }

@@ -41,8 +41,8 @@ pub fn cpu_time(pid: u32) -> Duration {
 }
 
 fn api_socket_startup(vmm: &Path, runs: usize) -> Result<(Series, Series)> {
-    let mut wall = Series::new("process start → API socket accepting (wall)", "ms");
-    let mut cpu = Series::new("process start → API socket accepting (CPU)", "ms");
+    let mut wall = Series::of("process start → API socket accepting, here", "husk-vmm, wall", "ms");
+    let mut cpu = Series::of("process start → API socket accepting, here", "husk-vmm, CPU", "ms");
     let dir = std::env::temp_dir().join(format!("husk-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     for run in 0..runs {
@@ -114,90 +114,148 @@ fn printk_ready_ms(output: &RunOutput) -> Result<f64> {
     Ok(ready.printk.context("no printk time")?.as_secs_f64() * 1e3)
 }
 
-pub fn run(out: &Path, runs: usize, socket_runs: usize) -> Result<()> {
+/// What [`measure`] found, in table order.
+pub struct VmmStartup {
+    pub series: Vec<Series>,
+    /// Guest kernel start → ready, husk-vmm / QEMU microvm (medians).
+    pub printk_ratio: f64,
+    /// The whole run, husk-vmm / QEMU microvm (medians).
+    pub run_ratio: f64,
+    /// Host CPU time over the whole run, husk-vmm / QEMU microvm (medians).
+    pub cpu_ratio: f64,
+}
+
+/// The group of the VMM comparison's host-CPU series.
+pub const CPU_GROUP: &str = "host CPU time per boot (process start → guest powered off)";
+
+/// `request` run under `sh`, which prints the CPU time (user+sys, clock
+/// ticks) the program used once it has exited: `cpu_ticks=N hz=HZ`.
+fn with_cpu_time(mut request: RunRequest) -> RunRequest {
+    let script = r#""$@"; status=$?; echo "cpu_ticks=$(awk '{ print $16 + $17 }' /proc/$$/stat) hz=$(getconf CLK_TCK)"; exit $status"#;
+    let mut argv = vec!["sh".to_owned(), "-c".to_owned(), script.to_owned(), "sh".to_owned()];
+    argv.append(&mut request.argv);
+    request.argv = argv;
+    request
+}
+
+/// Measures husk-vmm's start-up here and, in `host`, its boots beside QEMU
+/// microvm's, alternating; `progress` gets a line per step.
+pub fn measure(host: &TestHost, runs: usize, socket_runs: usize) -> Result<VmmStartup> {
     let vmm = crate::release_vmm()?;
-    eprintln!("husk-bench vmm: {socket_runs} API socket start-ups here");
+    let local = husk_tests::kvm::KvmFlavour::detect().name();
+    eprintln!("husk-bench vmm: {socket_runs} API socket start-ups here ({local}, no VM)");
     let (socket_wall, socket_cpu) = api_socket_startup(&vmm, socket_runs)?;
 
-    let runner = paths::repo_dir().join("target/debug/husk-testhost");
-    let host = TestHost::shared(&runner)?;
-    let info = host.info()?;
-    eprintln!("husk-bench vmm: test host {:?}, kernel {}, kvm {}", host.mode(), info.kernel, info.kvm);
-
-    let mut first_entry = Series::new("husk-vmm: InstanceStart → first vCPU entry", "ms");
-    let mut boot_timer = Series::new("husk-vmm: InstanceStart → agent ready (boot timer)", "ms");
-    let mut husk_printk = Series::new("husk-vmm: guest kernel start → agent ready (printk)", "ms");
-    let mut qemu_printk = Series::new("QEMU microvm: guest kernel start → agent ready (printk)", "ms");
-    let mut husk_run = Series::new("husk-vmm: whole run (process start, API calls, boot, power-off)", "ms");
-    let mut qemu_run = Series::new("QEMU microvm: whole run (process start, boot, reset)", "ms");
-    let qemu_request = qemu_microvm(
+    let husk = "husk-vmm";
+    let qemu = "QEMU microvm";
+    let mut first_entry = Series::of("InstanceStart → first vCPU entry", husk, "ms");
+    let mut boot_timer = Series::of("InstanceStart → agent ready (boot timer)", husk, "ms");
+    let printk = "guest kernel start → agent ready (printk)";
+    let mut husk_printk = Series::of(printk, husk, "ms");
+    let mut qemu_printk = Series::of(printk, qemu, "ms");
+    let whole = "whole run: process start → guest powered off";
+    let mut husk_run = Series::of(whole, husk, "ms");
+    let mut qemu_run = Series::of(whole, qemu, "ms");
+    let mut husk_cpu = Series::of(CPU_GROUP, husk, "ms");
+    let mut qemu_cpu = Series::of(CPU_GROUP, qemu, "ms");
+    let qemu_request = with_cpu_time(qemu_microvm(
         Path::new(&artifact("vmlinux")?),
         Path::new(&artifact("initramfs.cpio")?),
         "husk.ready_action=poweroff",
         TIMEOUT_SECS,
-    );
+    ));
+    let started = Instant::now();
     for run in 1..=runs {
-        eprintln!("husk-bench vmm: boot {run}/{runs} (husk-vmm, then QEMU microvm)");
-        let husk = husk_boot(&host, &vmm, "wait", "husk.ready_action=poweroff", "default")?;
-        let text = husk.stdout_text();
+        eprintln!(
+            "husk-bench vmm: boot {run}/{runs} (husk-vmm, then QEMU microvm){}",
+            crate::stats::eta(started, run - 1, runs)
+        );
+        let output = husk_boot(host, &vmm, "wait", "husk.ready_action=poweroff", "default")?;
+        let text = output.stdout_text();
         first_entry.push(number_after(&text, "first vCPU entry").context("no first-entry log")? / 1e3);
         boot_timer.push(number_after(&text, "Guest-boot-time =").context("no boot-timer log")? / 1e3);
-        husk_printk.push(printk_ready_ms(&husk)?);
-        husk_run.push(husk.elapsed.as_secs_f64() * 1e3);
+        husk_printk.push(printk_ready_ms(&output)?);
+        husk_run.push(output.elapsed.as_secs_f64() * 1e3);
+        husk_cpu.push(number_after(&text, "vmm_cpu_ms=").context("no vmm_cpu_ms line")?);
 
-        let qemu = host.run(&qemu_request)?;
-        if !qemu.report.success() {
-            bail!("QEMU boot failed ({:?}):\n{}", qemu.report, qemu.stderr_text());
+        let output = host.run(&qemu_request)?;
+        if !output.report.success() {
+            bail!("QEMU boot failed ({:?}):\n{}", output.report, output.stderr_text());
         }
-        qemu_printk.push(printk_ready_ms(&qemu)?);
-        qemu_run.push(qemu.elapsed.as_secs_f64() * 1e3);
+        let text = output.stdout_text();
+        let ticks = number_after(&text, "cpu_ticks=").context("no cpu_ticks line after QEMU")?;
+        let hz = number_after(&text, "hz=").context("no hz after QEMU")?;
+        qemu_printk.push(printk_ready_ms(&output)?);
+        qemu_run.push(output.elapsed.as_secs_f64() * 1e3);
+        qemu_cpu.push(ticks * 1e3 / hz);
     }
 
-    let mut overhead = Series::new("husk-vmm RSS with the guest idle, minus guest memory touched", "MiB");
-    let mut guest_touched = Series::new("guest memory touched by an idle guest (256 MiB VM)", "MiB");
+    let mut overhead = Series::of("husk-vmm RSS with the guest idle, minus guest memory touched", husk, "MiB");
+    let mut guest_touched = Series::of("guest memory touched by an idle guest (256 MiB VM)", husk, "MiB");
     let rss_runs = runs.clamp(1, 5);
     for run in 1..=rss_runs {
         eprintln!("husk-bench vmm: idle memory {run}/{rss_runs}");
-        let output = husk_boot(&host, &vmm, "rss", "husk.ready_action=wait", "default")?;
+        let output = husk_boot(host, &vmm, "rss", "husk.ready_action=wait", "default")?;
         let text = output.stdout_text();
         let rss = number_after(&text, "rss_kib=").context("no rss line")?;
         let guest = number_after(&text, "guest_rss_kib=").context("no rss line")?;
         overhead.push((rss - guest) / 1024.0);
         guest_touched.push(guest / 1024.0);
     }
+    Ok(VmmStartup {
+        printk_ratio: husk_printk.median() / qemu_printk.median(),
+        run_ratio: husk_run.median() / qemu_run.median(),
+        cpu_ratio: husk_cpu.median() / qemu_cpu.median(),
+        series: vec![
+            socket_wall,
+            socket_cpu,
+            first_entry,
+            boot_timer,
+            husk_printk,
+            qemu_printk,
+            husk_run,
+            qemu_run,
+            husk_cpu,
+            qemu_cpu,
+            overhead,
+            guest_touched,
+        ],
+    })
+}
 
-    let series = [
-        &socket_wall,
-        &socket_cpu,
-        &first_entry,
-        &boot_timer,
-        &husk_printk,
-        &qemu_printk,
-        &husk_run,
-        &qemu_run,
-        &overhead,
-        &guest_touched,
-    ];
-    let mut table = String::new();
-    writeln!(table, "# husk-vmm start-up and overhead\n")?;
-    writeln!(
-        table,
-        "Test host: {:?} (kernel {}, KVM {}); local KVM: {}. Boots alternate between the VMMs; \
-         times inside a nested, software-emulated host are not comparable to hardware: read the ratios.\n",
-        host.mode(),
-        info.kernel,
-        info.kvm,
-        husk_tests::kvm::KvmFlavour::detect().name()
-    )?;
-    table.push_str(&markdown_table(series, 2));
-    writeln!(
-        table,
-        "\nRatios (median): guest kernel start → ready, husk-vmm / QEMU microvm = {:.2}; whole run, husk-vmm / QEMU microvm = {:.2}.",
-        husk_printk.median() / qemu_printk.median(),
-        husk_run.median() / qemu_run.median()
-    )?;
+impl VmmStartup {
+    /// The markdown section: how it was measured, the table, the ratios.
+    pub fn markdown(&self, host: &TestHost) -> Result<String> {
+        let info = host.info()?;
+        let mut table = String::new();
+        writeln!(
+            table,
+            "Process start → API ready is measured here ({}, no VM). The boots run in the test host ({:?}, kernel \
+             {}, KVM {}), alternating between husk-vmm (through its API socket, as Firecracker's guide does with \
+             curl) and QEMU's microvm machine booting the same kernel and initramfs (1 vCPU, 256 MiB); in a \
+             nested, software-emulated host the absolute times are far above hardware: read the ratios.\n",
+            husk_tests::kvm::KvmFlavour::detect().name(),
+            host.mode(),
+            info.kernel,
+            info.kvm,
+        )?;
+        table.push_str(&markdown_table(&self.series, 2));
+        writeln!(
+            table,
+            "\nRatios (medians), husk-vmm / QEMU microvm: guest kernel start → ready {:.2}; whole run {:.2}; host CPU \
+             per boot {:.2}.",
+            self.printk_ratio, self.run_ratio, self.cpu_ratio
+        )?;
+        Ok(table)
+    }
+}
+
+pub fn run(out: &Path, runs: usize, socket_runs: usize) -> Result<()> {
+    let host = TestHost::shared(&paths::repo_dir().join("target/debug/husk-testhost"))?;
+    let measured = measure(&host, runs, socket_runs)?;
+    let table = format!("# husk-vmm start-up and overhead\n\n{}", measured.markdown(&host)?);
     std::fs::write(out.join("vmm-startup.md"), &table)?;
-    std::fs::write(out.join("vmm-startup.json"), serde_json::to_string_pretty(&series)?)?;
+    std::fs::write(out.join("vmm-startup.json"), serde_json::to_string_pretty(&measured.series)?)?;
     print!("{table}");
     eprintln!("husk-bench vmm: wrote {}", out.join("vmm-startup.md").display());
     Ok(())
