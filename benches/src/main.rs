@@ -139,9 +139,17 @@ fn suite_argv(suite: &str, args: &[&str], initrd: &str) -> Result<Vec<String>> {
 }
 
 /// Runs a suite's bench in the test host and adds its `BENCH` lines;
-/// a failed run is an error carrying its output.
+/// its stderr (the suite's progress) is passed on live, and a failed
+/// run is an error carrying its output.
 fn add_suite_run(lines: &mut BenchLines, host: &TestHost, request: &RunRequest, what: &str) -> Result<()> {
-    let output = host.run(request)?;
+    // The suite's stderr is its progress: pass it on as it arrives.
+    let progress = |frame: &husk_tests::protocol::Frame| {
+        if let husk_tests::protocol::Frame::Stderr(data) = frame {
+            let mut stderr = std::io::stderr().lock();
+            let _ = std::io::Write::write_all(&mut stderr, data);
+        }
+    };
+    let output = host.run_streaming(request, &progress)?;
     if !output.report.success() {
         anyhow::bail!(
             "the {what} bench failed ({:?}):\n{}\n{}",
