@@ -476,7 +476,12 @@ fn processes() -> Vec<Process> {
 /// processes, a VMM).
 fn processes_of(id: &str) -> Vec<Process> {
     let all = processes();
-    let mut owned: BTreeSet<i32> = all.iter().filter(|p| p.cmdline.contains(id)).map(|p| p.pid).collect();
+    let named: BTreeSet<i32> = all.iter().filter(|p| p.cmdline.contains(id)).map(|p| p.pid).collect();
+    with_descendants(&all, named)
+}
+
+/// The processes of `all` whose pid is in `owned`, and all their descendants.
+fn with_descendants(all: &[Process], mut owned: BTreeSet<i32>) -> Vec<Process> {
     loop {
         let before = owned.len();
         let children: Vec<i32> = all.iter().filter(|p| owned.contains(&p.ppid)).map(|p| p.pid).collect();
@@ -485,7 +490,7 @@ fn processes_of(id: &str) -> Vec<Process> {
             break;
         }
     }
-    all.into_iter().filter(|p| owned.contains(&p.pid)).collect()
+    all.iter().filter(|p| owned.contains(&p.pid)).cloned().collect()
 }
 
 /// husk runs its VMM jailed by default: the VMM's root is its jail, which

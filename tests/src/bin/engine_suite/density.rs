@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde::Serialize;
 
-use super::{processes, unmount_below, wait_with_deadline, Env, Process, Runtime, COMMAND_TIMEOUT};
+use super::{processes, unmount_below, wait_with_deadline, with_descendants, Env, Process, Runtime, COMMAND_TIMEOUT};
 
 /// Every container id of this suite starts with it; a whole command-line
 /// argument starting with it marks a process an earlier, killed run left.
@@ -275,15 +275,7 @@ fn role_of(process: &Process, roots: &[i32], runtime: Runtime) -> Role {
 fn members(all: &[Process], id: &str, roots: &[i32]) -> Vec<Process> {
     let mut owned: BTreeSet<i32> = roots.iter().copied().filter(|pid| all.iter().any(|p| p.pid == *pid)).collect();
     owned.extend(all.iter().filter(|p| p.cmdline.split(' ').any(|arg| arg == id)).map(|p| p.pid));
-    loop {
-        let before = owned.len();
-        let children: Vec<i32> = all.iter().filter(|p| owned.contains(&p.ppid)).map(|p| p.pid).collect();
-        owned.extend(children);
-        if owned.len() == before {
-            break;
-        }
-    }
-    all.iter().filter(|p| owned.contains(&p.pid)).cloned().collect()
+    with_descendants(all, owned)
 }
 
 // ---------------------------------------------------------------------------
