@@ -112,8 +112,7 @@ pub fn run(out: &Path, options: &SuiteOptions) -> Result<()> {
     writeln!(summary, "{}", vmm.markdown(&host)?)?;
     writeln!(summary, "![husk-vmm start-up distributions](startup-vmm.png)\n")?;
     writeln!(summary, "## Start-up: `run` and `podman run`, husk beside crun and runc\n")?;
-    let engine_rows: Vec<&Series> = engines.ordered().into_iter().filter(|s| !is_cpu(s)).collect();
-    writeln!(summary, "{}", engines::markdown_of(&engine_rows, &host, options.runs)?)?;
+    writeln!(summary, "{}", engines::markdown_of(&engine_times, &host, options.runs)?)?;
     writeln!(summary, "![container start-up distributions](startup-engines.png)\n")?;
     writeln!(summary, "## Host CPU time per start\n")?;
     writeln!(
