@@ -77,16 +77,7 @@ pub fn markdown_of(series: &[&Series], host: &TestHost, rounds: usize) -> Result
     )?;
     table.push_str(&markdown_table(series.iter().copied(), 0));
     writeln!(table)?;
-    let groups: Vec<&str> = {
-        let mut groups: Vec<&str> = Vec::new();
-        for s in series {
-            if !s.group.is_empty() && !groups.contains(&s.group.as_str()) {
-                groups.push(&s.group);
-            }
-        }
-        groups
-    };
-    for group in groups {
+    for group in crate::stats::groups(series) {
         for baseline in ["crun", "runc"] {
             if let Some(r) = ratio_of(series, group, baseline) {
                 writeln!(table, "- {group}: husk / {baseline} = {r:.2}")?;

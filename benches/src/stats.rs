@@ -63,6 +63,17 @@ impl Series {
     }
 }
 
+/// The non-empty groups of `series`, in first-appearance order.
+pub fn groups<'a>(series: &[&'a Series]) -> Vec<&'a str> {
+    let mut groups: Vec<&str> = Vec::new();
+    for s in series {
+        if !s.group.is_empty() && !groups.contains(&s.group.as_str()) {
+            groups.push(&s.group);
+        }
+    }
+    groups
+}
+
 /// A markdown table of the series' medians and p90s, `decimals` places.
 pub fn markdown_table<'a>(series: impl IntoIterator<Item = &'a Series>, decimals: usize) -> String {
     let mut table = String::from("| measurement | median | p90 | samples |\n|---|---:|---:|---:|\n");

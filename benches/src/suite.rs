@@ -25,17 +25,6 @@ pub struct SuiteOptions {
     pub density_budget_mib: u64,
 }
 
-/// The groups of `series` in first-appearance order.
-fn groups(series: &[&Series]) -> Vec<String> {
-    let mut groups: Vec<String> = Vec::new();
-    for s in series {
-        if !groups.contains(&s.group) {
-            groups.push(s.group.clone());
-        }
-    }
-    groups
-}
-
 /// A CPU-time series (not "first vCPU entry", a wall time).
 fn is_cpu(series: &Series) -> bool {
     series.group.starts_with("host CPU") || series.system.ends_with(", CPU")
@@ -89,10 +78,10 @@ pub fn run(out: &Path, options: &SuiteOptions) -> Result<()> {
     )?;
 
     writeln!(summary, "## Headline ratios (medians, same run)\n")?;
-    for group in groups(&engine_times) {
+    for group in crate::stats::groups(&engine_times) {
         let ratios: Vec<String> = ["crun", "runc"]
             .iter()
-            .filter_map(|b| engines::ratio(&engines, &group, b).map(|r| format!("husk / {b} = {r:.2}")))
+            .filter_map(|b| engines::ratio(&engines, group, b).map(|r| format!("husk / {b} = {r:.2}")))
             .collect();
         if !ratios.is_empty() {
             writeln!(summary, "- {group}: {}", ratios.join(", "))?;
