@@ -178,8 +178,31 @@ impl TestHost {
         };
         let mut stream = connect(self.port).map_err(lost)?;
         send_request(&mut stream, &Request::Run(request.clone())).map_err(lost)?;
+        // The runner in the test host ends the program at its timeout and
+        // reports that; if no report comes even after a grace period, the
+        // test host itself is stuck, and waiting on would hang the test
+        // (and CI) without a word.
+        let deadline = Instant::now() + Duration::from_secs(request.timeout_secs) + NESTED_GRACE;
+        let stuck = || {
+            lost(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "no exit report {NESTED_GRACE:?} after the program's own timeout of {} s: the test host is stuck",
+                    request.timeout_secs
+                ),
+            ))
+        };
         loop {
-            match Frame::read_from(&mut stream).map_err(lost)? {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(stuck());
+            }
+            stream.set_read_timeout(Some(left)).map_err(lost)?;
+            let frame = Frame::read_from(&mut stream).map_err(|err| match err.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => stuck(),
+                _ => lost(err),
+            })?;
+            match frame {
                 Some(Frame::Exit(report)) => return Ok(report),
                 Some(Frame::Error(message)) => {
                     return Err(TestHostError::Start { argv: request.argv.clone(), message });
@@ -190,6 +213,10 @@ impl TestHost {
         }
     }
 }
+
+/// How long past a request's own timeout the host side waits for the
+/// nested runner's exit report before calling the test host lost.
+const NESTED_GRACE: Duration = Duration::from_secs(60);
 
 /// Stops the nested test host of this checkout if one is up. Returns whether
 /// one was running.

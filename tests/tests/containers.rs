@@ -31,7 +31,7 @@ fn the_agent_runs_oci_containers_in_a_microvm() {
             "--probe".into(),
             arg(probe),
         ],
-        timeout_secs: 900,
+        timeout_secs: 600,
         ..Default::default()
     };
     let output = test_host().run(&request).expect("running the container suite in the test host");

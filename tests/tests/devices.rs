@@ -27,7 +27,7 @@ fn suite(name: &str) {
             "--initrd".into(),
             artifact("initramfs-test.cpio").to_string_lossy().into_owned(),
         ],
-        timeout_secs: 900,
+        timeout_secs: 400,
         ..Default::default()
     };
     let output = test_host().run(&request).expect("running the device suite in the test host");

@@ -66,22 +66,22 @@ fn engine_suite(args: &[&str], timeout_secs: u64) {
 #[test]
 fn podman_runs_containers_in_husk_microvms() {
     let husk = husk_cli();
-    engine_suite(&["podman", "--runtime", "husk", "--husk", &husk], 1500);
+    engine_suite(&["podman", "--runtime", "husk", "--husk", &husk], 900);
 }
 
 #[test]
 fn containerd_runs_containers_in_husk_microvms() {
     let husk = husk_cli();
-    engine_suite(&["containerd", "--runtime", "husk", "--husk", &husk], 900);
+    engine_suite(&["containerd", "--runtime", "husk", "--husk", &husk], 600);
 }
 
 #[test]
 fn podman_and_containerd_work_with_crun_in_the_test_host() {
-    engine_suite(&["all", "--runtime", "crun"], 900);
+    engine_suite(&["all", "--runtime", "crun"], 600);
 }
 
 #[test]
 #[ignore = "a second baseline, on demand: crun's test already proves the environment"]
 fn podman_and_containerd_work_with_runc_in_the_test_host() {
-    engine_suite(&["all", "--runtime", "runc"], 900);
+    engine_suite(&["all", "--runtime", "runc"], 600);
 }
