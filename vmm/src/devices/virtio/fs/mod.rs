@@ -77,6 +77,11 @@ use super::{ActivateError, ActivatedQueues, VirtioDevice, VirtioInterrupt, TYPE_
 /// less if its RLIMIT_NOFILE cannot hold them all (logged, as is a limit so
 /// low that even the smallest usable ones do not fit).
 pub fn share_limits(shares: usize) -> FsLimits {
+    // Without a share there is nothing to size (and nothing to log: every
+    // VMM calls this, most have no share).
+    if shares == 0 {
+        return FsLimits::default();
+    }
     let Some(nofile) = current_fd_limit() else { return FsLimits::default() };
     let limits = FsLimits::within(nofile, shares);
     if limits != FsLimits::default() {

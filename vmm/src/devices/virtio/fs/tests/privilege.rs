@@ -496,6 +496,9 @@ fn fd_exhaustion_child() {
     }
     let limits = super::super::share_limits(2);
     assert!(limits.fit(nofile, 2), "{limits:?}");
+    // A VMM without shares has nothing to shrink (it used to log that its
+    // limit was too low for "0 share(s)").
+    assert_eq!(super::super::share_limits(0), FsLimits::default());
     assert!(limits.max_inodes < FsLimits::default().max_inodes);
     let populate = |share: &Path| {
         for i in 0..limits.max_inodes + 50 {
