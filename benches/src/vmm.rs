@@ -8,7 +8,8 @@
 //!   host, which is nested and software-emulated when this machine's KVM
 //!   cannot boot Linux: compare the ratios, not the absolute times.
 //! - VMM RSS with the guest idle, minus the guest memory it touched
-//!   (Firecracker's published bound: 5 MiB).
+//!   (Firecracker's published bound: 5 MiB): `husk-bench vmm` only; the
+//!   suite's density run measures it beside every container VM.
 
 use std::fmt::Write as _;
 use std::os::unix::net::UnixStream;
@@ -139,8 +140,10 @@ fn with_cpu_time(mut request: RunRequest) -> RunRequest {
 }
 
 /// Measures husk-vmm's start-up here and, in `host`, its boots beside QEMU
-/// microvm's, alternating; `progress` gets a line per step.
-pub fn measure(host: &TestHost, runs: usize, socket_runs: usize) -> Result<VmmStartup> {
+/// microvm's, alternating; then, in `idle_runs` more boots, its memory with
+/// the guest idle. The suite passes 0: its density run measures the VMM's
+/// overhead beside every container VM instead, and the boots cost minutes.
+pub fn measure(host: &TestHost, runs: usize, socket_runs: usize, idle_runs: usize) -> Result<VmmStartup> {
     let vmm = crate::release_vmm()?;
     let local = husk_tests::kvm::KvmFlavour::detect().name();
     eprintln!("husk-bench vmm: {socket_runs} API socket start-ups here ({local}, no VM)");
@@ -192,9 +195,8 @@ pub fn measure(host: &TestHost, runs: usize, socket_runs: usize) -> Result<VmmSt
 
     let mut overhead = Series::of("husk-vmm RSS with the guest idle, minus guest memory touched", husk, "MiB");
     let mut guest_touched = Series::of("guest memory touched by an idle guest (256 MiB VM)", husk, "MiB");
-    let rss_runs = runs.clamp(1, 5);
-    for run in 1..=rss_runs {
-        eprintln!("husk-bench vmm: idle memory {run}/{rss_runs}");
+    for run in 1..=idle_runs {
+        eprintln!("husk-bench vmm: idle memory {run}/{idle_runs}");
         let output = husk_boot(host, &vmm, "rss", "husk.ready_action=wait", "default")?;
         let text = output.stdout_text();
         let rss = number_after(&text, "rss_kib=").context("no rss line")?;
@@ -202,25 +204,25 @@ pub fn measure(host: &TestHost, runs: usize, socket_runs: usize) -> Result<VmmSt
         overhead.push((rss - guest) / 1024.0);
         guest_touched.push(guest / 1024.0);
     }
-    Ok(VmmStartup {
-        printk_ratio: husk_printk.median() / qemu_printk.median(),
-        run_ratio: husk_run.median() / qemu_run.median(),
-        cpu_ratio: husk_cpu.median() / qemu_cpu.median(),
-        series: vec![
-            socket_wall,
-            socket_cpu,
-            first_entry,
-            boot_timer,
-            husk_printk,
-            qemu_printk,
-            husk_run,
-            qemu_run,
-            husk_cpu,
-            qemu_cpu,
-            overhead,
-            guest_touched,
-        ],
-    })
+    let printk_ratio = husk_printk.median() / qemu_printk.median();
+    let run_ratio = husk_run.median() / qemu_run.median();
+    let cpu_ratio = husk_cpu.median() / qemu_cpu.median();
+    let mut series = vec![
+        socket_wall,
+        socket_cpu,
+        first_entry,
+        boot_timer,
+        husk_printk,
+        qemu_printk,
+        husk_run,
+        qemu_run,
+        husk_cpu,
+        qemu_cpu,
+    ];
+    if idle_runs > 0 {
+        series.extend([overhead, guest_touched]);
+    }
+    Ok(VmmStartup { series, printk_ratio, run_ratio, cpu_ratio })
 }
 
 impl VmmStartup {
@@ -252,7 +254,7 @@ impl VmmStartup {
 
 pub fn run(out: &Path, runs: usize, socket_runs: usize) -> Result<()> {
     let host = TestHost::shared(&paths::repo_dir().join("target/debug/husk-testhost"))?;
-    let measured = measure(&host, runs, socket_runs)?;
+    let measured = measure(&host, runs, socket_runs, runs.clamp(1, 5))?;
     let table = format!("# husk-vmm start-up and overhead\n\n{}", measured.markdown(&host)?);
     std::fs::write(out.join("vmm-startup.md"), &table)?;
     std::fs::write(out.join("vmm-startup.json"), serde_json::to_string_pretty(&measured.series)?)?;
