@@ -679,18 +679,29 @@ runtime_supports_kvm = ["husk"]
             // What the runtime logged for each container (podman passes
             // --log <userdata>/oci-log): e.g. why a microVM ended.
             for log in files_named(&self.dir, "oci-log") {
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                let lines: Vec<&str> = text.lines().collect();
-                if !lines.is_empty() {
-                    let tail = lines[lines.len().saturating_sub(40)..].join("\n");
-                    eprintln!("husk-engine-suite: {}:\n{tail}", log.display());
-                }
+                print_tail(&log);
+            }
+            // A microVM still booting (or stalled) when a command timed out
+            // has logged nothing there yet: its VMM's log and console tell.
+            let husk_root = Runtime::Husk.default_root();
+            for log in files_named(husk_root, "vmm.log").into_iter().chain(files_named(husk_root, "console.log")) {
+                print_tail(&log);
             }
         }
         self.run(&["rm", "--all", "--force", "--time", "0"])?.success()?;
         // The storage's own mounts (image layers, the overlay home).
         unmount_below(&self.dir)?;
         std::fs::remove_dir_all(&self.dir).with_context(|| format!("removing {}", self.dir.display()))
+    }
+}
+
+/// Prints a log file's last lines to stderr, if it has any.
+fn print_tail(log: &Path) {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    if !lines.is_empty() {
+        let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+        eprintln!("husk-engine-suite: {}:\n{tail}", log.display());
     }
 }
 
