@@ -678,13 +678,13 @@ runtime_supports_kvm = ["husk"]
             }
             // What the runtime logged for each container (podman passes
             // --log <userdata>/oci-log): e.g. why a microVM ended.
-            for log in files_named(&self.dir, "oci-log") {
+            for log in files_named(&self.dir, &["oci-log"]) {
                 print_tail(&log);
             }
             // A microVM still booting (or stalled) when a command timed out
             // has logged nothing there yet: its VMM's log and console tell.
             let husk_root = Runtime::Husk.default_root();
-            for log in files_named(husk_root, "vmm.log").into_iter().chain(files_named(husk_root, "console.log")) {
+            for log in files_named(husk_root, &["vmm.log", "console.log"]) {
                 print_tail(&log);
             }
         }
@@ -705,19 +705,23 @@ fn print_tail(log: &Path) {
     }
 }
 
-/// Files called `name` below `dir` (not following symbolic links).
-fn files_named(dir: &Path, name: &str) -> Vec<PathBuf> {
+/// Files called one of `names` below `dir` (not following symbolic links),
+/// sorted: the files of one directory (one microVM's logs) come together.
+fn files_named(dir: &Path, names: &[&str]) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(dir) = pending.pop() {
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             match entry.file_type() {
                 Ok(kind) if kind.is_dir() => pending.push(entry.path()),
-                Ok(kind) if kind.is_file() && entry.file_name() == name => found.push(entry.path()),
+                Ok(kind) if kind.is_file() && names.iter().any(|name| entry.file_name() == *name) => {
+                    found.push(entry.path())
+                }
                 _ => {}
             }
         }
     }
+    found.sort();
     found
 }
 
