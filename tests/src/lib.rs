@@ -11,3 +11,11 @@ pub mod protocol;
 pub mod reference_vmm;
 pub mod runner;
 pub mod testhost;
+
+/// The last `count` lines of a file (a log, a console) for an error message;
+/// empty if it is missing or empty.
+pub fn file_tail(path: &std::path::Path, count: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(count)..].join("\n")
+}

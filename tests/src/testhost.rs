@@ -453,7 +453,5 @@ fn ping(port: u16) -> io::Result<HostInfo> {
 }
 
 fn console_tail(state_dir: &Path) -> String {
-    let text = std::fs::read_to_string(state_dir.join("console.log")).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
+    crate::file_tail(&state_dir.join("console.log"), 40)
 }

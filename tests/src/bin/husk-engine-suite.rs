@@ -697,10 +697,8 @@ runtime_supports_kvm = ["husk"]
 
 /// Prints a log file's last lines to stderr, if it has any.
 fn print_tail(log: &Path) {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    if !lines.is_empty() {
-        let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+    let tail = husk_tests::file_tail(log, 40);
+    if !tail.is_empty() {
         eprintln!("husk-engine-suite: {}:\n{tail}", log.display());
     }
 }
