@@ -49,6 +49,8 @@ pub struct Setup {
 pub struct Vm {
     pub child: Child,
     pub console: PathBuf,
+    /// The VMM's own log (its stderr).
+    pub log: PathBuf,
 }
 
 impl Drop for Vm {
@@ -74,7 +76,8 @@ impl Vm {
         let config_path = setup.work.join(format!("{name}.json"));
         std::fs::write(&config_path, config.to_string())?;
         let console = setup.work.join(format!("{name}.console"));
-        let log = std::fs::File::create(setup.work.join(format!("{name}.log")))?;
+        let log_path = setup.work.join(format!("{name}.log"));
+        let log = std::fs::File::create(&log_path)?;
         let child = Command::new(&setup.vmm)
             // HUSK_VMM_LEVEL=Debug shows each vsock connection's end in the log.
             .args([
@@ -91,11 +94,27 @@ impl Vm {
             .stderr(log)
             .spawn()
             .context("starting husk-vmm")?;
-        Ok(Vm { child, console })
+        Ok(Vm { child, console, log: log_path })
     }
 
     pub fn console(&self) -> String {
         std::fs::read_to_string(&self.console).unwrap_or_default()
+    }
+
+    /// For an error from the middle of a test: whether the VMM still runs
+    /// (or how it ended), the last lines of its log and of the console.
+    pub fn report(&mut self) -> String {
+        let state = match self.child.try_wait() {
+            Ok(None) => "the VMM is still running".to_owned(),
+            Ok(Some(status)) => format!("the VMM ended ({status})"),
+            Err(err) => format!("the VMM's state is unknown ({err})"),
+        };
+        let tail = |path: &Path| crate::file_tail(path, 30);
+        format!(
+            "{state}\n--- its log (last lines) ---\n{}\n--- the console (last lines) ---\n{}",
+            tail(&self.log),
+            tail(&self.console)
+        )
     }
 
     /// Waits for `text` on the guest console.

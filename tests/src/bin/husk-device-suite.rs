@@ -89,7 +89,10 @@ fn vsock_suite(setup: &Setup) -> Result<()> {
         })
         .collect();
     for (n, worker) in workers.into_iter().enumerate() {
-        worker.join().map_err(|_| anyhow::anyhow!("stream {n} panicked"))?.with_context(|| format!("stream {n}"))?;
+        worker
+            .join()
+            .map_err(|_| anyhow::anyhow!("stream {n} panicked"))?
+            .with_context(|| format!("stream {n}; {}", vm.report()))?;
     }
     let secs = started.elapsed().as_secs_f64();
     println!(
